@@ -1,0 +1,1 @@
+//! Exporters: image config and manifest, OCI layout, docker-archive, push, cache export.

@@ -1,0 +1,1 @@
+//! Dockerfile frontend: Dockerfile text -> syntax tree -> typed instructions -> a DAG of content-addressed ops.

@@ -1,0 +1,1 @@
+//! Registry client: OCI distribution API v2 pull and push, auth, retries.

@@ -1,0 +1,1 @@
+//! The sandbox: run a process in an isolated container (namespaces, pivot_root, caps, cgroups).

@@ -1,0 +1,1 @@
+//! The store: content-addressed blobs, metadata, overlayfs snapshots, layer apply and diff.

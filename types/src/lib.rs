@@ -1,0 +1,1 @@
+//! Shared image types: digests, descriptors, platforms, image config, manifests and indexes.
