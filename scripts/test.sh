@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what it needs first, then runs every test (as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then
+  echo "test.sh: kiln's tests need root (namespaces, overlayfs, cgroups)" >&2
+  exit 1
+fi
+./scripts/install-deps.sh
+cargo build --workspace --all-targets
+cargo test --workspace --no-fail-fast
