@@ -1,4 +1,8 @@
 //! Dockerfile frontend: Dockerfile text -> syntax tree -> typed instructions -> a DAG of content-addressed ops.
 
 pub mod ast;
+pub mod dag;
+pub mod dockerignore;
 pub mod error;
+pub mod parser;
+pub mod shell;
