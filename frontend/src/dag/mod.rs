@@ -1,0 +1,369 @@
+//! The build DAG: content-addressed ops in topological order, like BuildKit's LLB `Definition`.
+//!
+//! An op's digest is the sha256 of a canonical JSON encoding of the op (kind, fields, platform)
+//! and its inputs' digests, so equal work has equal digests on every run and machine, and an
+//! op's digest depends only on the ops it reads from. Fields documented as "not digested"
+//! (an image's reference as written, an exec's proxy variables) and the [`OpMetadata`] are
+//! left out of the digest.
+
+pub mod op;
+pub mod print;
+
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use kiln_types::Digest;
+
+pub use op::*;
+pub use print::{print_dot, print_json, print_text, PrintFormat};
+
+/// A version tag mixed into every digest, so a change of encoding changes every digest.
+const DIGEST_VERSION: &str = "kiln.dag.v1";
+
+/// What is known about an op besides what it does: for progress output and error messages.
+/// Not digested.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpMetadata {
+    /// The progress name, BuildKit style (`[build 2/5] RUN make`).
+    pub name: String,
+    /// The stage the op belongs to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    /// First and last Dockerfile line of the instruction that made the op.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lines: Option<(usize, usize)>,
+    /// Whether the solver must not use a cached result (`--no-cache-filter`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_cache: bool,
+}
+
+/// One op of a definition with its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vertex {
+    pub digest: Digest,
+    pub op: Op,
+    pub metadata: OpMetadata,
+}
+
+/// Why a definition is not well formed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DagError {
+    #[error("op {digest} reads from {input}, which is not defined before it")]
+    MissingInput { digest: Digest, input: Digest },
+    #[error("op {digest} has the wrong digest (its content digests to {computed})")]
+    DigestMismatch { digest: Digest, computed: Digest },
+    #[error("op {digest} uses input index {index} but has {count} inputs")]
+    BadInputIndex {
+        digest: Digest,
+        index: u32,
+        count: usize,
+    },
+    #[error("op {digest} appears twice")]
+    Duplicate { digest: Digest },
+    #[error("cannot encode op: {message}")]
+    Encode { message: String },
+}
+
+/// The DAG: vertices in topological order (every op after all of its inputs), each once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Definition {
+    vertices: Vec<Vertex>,
+    positions: HashMap<Digest, usize>,
+}
+
+impl Definition {
+    /// Checks and indexes vertices (from JSON, say): topological order, digests, input indexes.
+    pub fn from_vertices(vertices: Vec<Vertex>) -> Result<Self, DagError> {
+        let mut positions = HashMap::with_capacity(vertices.len());
+        for (position, vertex) in vertices.iter().enumerate() {
+            let computed = op_digest(&vertex.op)?;
+            if computed != vertex.digest {
+                return Err(DagError::DigestMismatch {
+                    digest: vertex.digest.clone(),
+                    computed,
+                });
+            }
+            for input in &vertex.op.inputs {
+                if !positions.contains_key(&input.digest) {
+                    return Err(DagError::MissingInput {
+                        digest: vertex.digest.clone(),
+                        input: input.digest.clone(),
+                    });
+                }
+            }
+            check_input_indexes(&vertex.digest, &vertex.op)?;
+            if positions.insert(vertex.digest.clone(), position).is_some() {
+                return Err(DagError::Duplicate {
+                    digest: vertex.digest.clone(),
+                });
+            }
+        }
+        Ok(Definition {
+            vertices,
+            positions,
+        })
+    }
+
+    /// The vertices, inputs before the ops that read them.
+    pub fn vertices(&self) -> &[Vertex] {
+        &self.vertices
+    }
+
+    /// The vertex with this digest.
+    pub fn get(&self, digest: &Digest) -> Option<&Vertex> {
+        self.positions
+            .get(digest)
+            .map(|&position| &self.vertices[position])
+    }
+
+    /// The position of a digest in `vertices()`.
+    pub fn position(&self, digest: &Digest) -> Option<usize> {
+        self.positions.get(digest).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.vertices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.vertices.is_empty()
+    }
+
+    /// The part of the definition the given outputs need, order kept.
+    pub fn reachable_from(&self, roots: &[Input]) -> Definition {
+        let mut needed: HashSet<&Digest> = HashSet::new();
+        let mut stack: Vec<&Digest> = roots.iter().map(|input| &input.digest).collect();
+        while let Some(digest) = stack.pop() {
+            if !needed.insert(digest) {
+                continue;
+            }
+            if let Some(vertex) = self.get(digest) {
+                stack.extend(vertex.op.inputs.iter().map(|input| &input.digest));
+            }
+        }
+        let vertices: Vec<Vertex> = self
+            .vertices
+            .iter()
+            .filter(|vertex| needed.contains(&vertex.digest))
+            .cloned()
+            .collect();
+        let positions = vertices
+            .iter()
+            .enumerate()
+            .map(|(position, vertex)| (vertex.digest.clone(), position))
+            .collect();
+        Definition {
+            vertices,
+            positions,
+        }
+    }
+}
+
+fn check_input_indexes(digest: &Digest, op: &Op) -> Result<(), DagError> {
+    let count = op.inputs.len();
+    let check = |index: u32| {
+        if (index as usize) < count {
+            Ok(())
+        } else {
+            Err(DagError::BadInputIndex {
+                digest: digest.clone(),
+                index,
+                count,
+            })
+        }
+    };
+    match &op.kind {
+        OpKind::Source(_) | OpKind::Merge(_) => Ok(()),
+        OpKind::Exec(exec) => exec
+            .mounts
+            .iter()
+            .filter_map(|mount| mount.input)
+            .try_for_each(check),
+        OpKind::File(file) => {
+            file.base.map_or(Ok(()), check)?;
+            file.actions.iter().try_for_each(|action| match action {
+                FileAction::Copy(copy) => check(copy.source_input),
+                _ => Ok(()),
+            })
+        }
+    }
+}
+
+/// The digest of an op: sha256 over the canonical JSON of the op without its non-digested
+/// fields, prefixed by the encoding version.
+pub fn op_digest(op: &Op) -> Result<Digest, DagError> {
+    let mut value = serde_json::to_value(op).map_err(|error| DagError::Encode {
+        message: error.to_string(),
+    })?;
+    if let Some(kind) = value.get_mut("kind") {
+        if let Some(image) = kind
+            .get_mut("source")
+            .and_then(|source| source.get_mut("image"))
+        {
+            if let Some(object) = image.as_object_mut() {
+                object.remove("written");
+            }
+        }
+        if let Some(object) = kind.get_mut("exec").and_then(|exec| exec.as_object_mut()) {
+            object.remove("proxy_env");
+        }
+    }
+    let mut bytes = Vec::with_capacity(256);
+    bytes.extend_from_slice(DIGEST_VERSION.as_bytes());
+    bytes.push(b'\n');
+    serde_json::to_writer(&mut bytes, &value).map_err(|error| DagError::Encode {
+        message: error.to_string(),
+    })?;
+    Ok(Digest::of_bytes(&bytes))
+}
+
+/// Builds a definition op by op; an op added twice (same digest) is kept once.
+#[derive(Debug, Default)]
+pub struct DefinitionBuilder {
+    definition: Definition,
+}
+
+impl DefinitionBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an op whose inputs were all added before, and returns its output 0.
+    pub fn add(&mut self, op: Op, metadata: OpMetadata) -> Result<Input, DagError> {
+        let digest = op_digest(&op)?;
+        if self.definition.positions.contains_key(&digest) {
+            return Ok(Input { digest, output: 0 });
+        }
+        for input in &op.inputs {
+            if !self.definition.positions.contains_key(&input.digest) {
+                return Err(DagError::MissingInput {
+                    digest,
+                    input: input.digest.clone(),
+                });
+            }
+        }
+        check_input_indexes(&digest, &op)?;
+        let position = self.definition.vertices.len();
+        self.definition.positions.insert(digest.clone(), position);
+        self.definition.vertices.push(Vertex {
+            digest: digest.clone(),
+            op,
+            metadata,
+        });
+        Ok(Input { digest, output: 0 })
+    }
+
+    /// The vertex for a digest added earlier.
+    pub fn get(&self, digest: &Digest) -> Option<&Vertex> {
+        self.definition.get(digest)
+    }
+
+    /// The definition, pruned to what `roots` need.
+    pub fn finish(self, roots: &[Input]) -> Definition {
+        self.definition.reachable_from(roots)
+    }
+
+    /// The definition with every op added.
+    pub fn finish_all(self) -> Definition {
+        self.definition
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_types::Platform;
+
+    fn image(reference: &str) -> Op {
+        Op {
+            inputs: vec![],
+            platform: None,
+            kind: OpKind::Source(SourceOp::Image(ImageSource {
+                written: reference.into(),
+                reference: format!("docker.io/library/{reference}"),
+                platform: Platform::parse("linux/amd64").unwrap(),
+            })),
+        }
+    }
+
+    fn exec(input: &Input, proxy: &[&str]) -> Op {
+        Op {
+            inputs: vec![input.clone()],
+            platform: None,
+            kind: OpKind::Exec(ExecOp {
+                args: vec!["/bin/sh".into(), "-c".into(), "true".into()],
+                env: vec!["PATH=/bin".into()],
+                cwd: "/".into(),
+                user: String::new(),
+                network: NetworkMode::Default,
+                security: SecurityMode::Sandbox,
+                hostname: None,
+                mounts: vec![Mount {
+                    input: Some(0),
+                    selector: "/".into(),
+                    dest: "/".into(),
+                    output: Some(0),
+                    readonly: false,
+                    kind: MountKind::Bind,
+                }],
+                secret_env: vec![],
+                proxy_env: proxy.iter().map(|s| s.to_string()).collect(),
+            }),
+        }
+    }
+
+    #[test]
+    fn digests_ignore_non_digested_fields_and_dedup() {
+        let mut builder = DefinitionBuilder::new();
+        let base = builder.add(image("alpine"), OpMetadata::default()).unwrap();
+        let mut written_differently = image("alpine");
+        if let OpKind::Source(SourceOp::Image(source)) = &mut written_differently.kind {
+            source.written = "docker.io/alpine".into();
+        }
+        assert_eq!(
+            builder
+                .add(written_differently, OpMetadata::default())
+                .unwrap(),
+            base
+        );
+        let plain = builder
+            .add(exec(&base, &[]), OpMetadata::default())
+            .unwrap();
+        let proxied = builder
+            .add(exec(&base, &["HTTP_PROXY=http://p"]), OpMetadata::default())
+            .unwrap();
+        assert_eq!(plain, proxied);
+        let definition = builder.finish(&[plain]);
+        assert_eq!(definition.len(), 2);
+        let again = Definition::from_vertices(definition.vertices().to_vec()).unwrap();
+        assert_eq!(again, definition);
+    }
+
+    #[test]
+    fn rejects_bad_definitions() {
+        let mut builder = DefinitionBuilder::new();
+        let base = builder.add(image("alpine"), OpMetadata::default()).unwrap();
+        let missing = Input {
+            digest: Digest::of_bytes(b"x"),
+            output: 0,
+        };
+        assert!(matches!(
+            builder.add(exec(&missing, &[]), OpMetadata::default()),
+            Err(DagError::MissingInput { .. })
+        ));
+        let run = builder
+            .add(exec(&base, &[]), OpMetadata::default())
+            .unwrap();
+        let mut vertices = builder.finish(&[run]).vertices().to_vec();
+        vertices.swap(0, 1);
+        assert!(Definition::from_vertices(vertices.clone()).is_err());
+        vertices.swap(0, 1);
+        vertices[1].op.platform = Some(Platform::parse("linux/arm64").unwrap());
+        assert!(matches!(
+            Definition::from_vertices(vertices),
+            Err(DagError::DigestMismatch { .. })
+        ));
+    }
+}
