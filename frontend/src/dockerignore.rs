@@ -360,10 +360,8 @@ impl StateSet {
 
     /// Follows the empty transitions: `*`, `**` may match nothing.
     fn close(&mut self, tokens: &[Token]) {
-        for index in 0..tokens.len() {
-            if self.at[index]
-                && matches!(tokens[index], Token::Star | Token::AnyRest | Token::AnyDirs)
-            {
+        for (index, token) in tokens.iter().enumerate() {
+            if self.at[index] && matches!(token, Token::Star | Token::AnyRest | Token::AnyDirs) {
                 self.at[index + 1] = true;
             }
         }

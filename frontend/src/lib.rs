@@ -4,5 +4,6 @@ pub mod ast;
 pub mod dag;
 pub mod dockerignore;
 pub mod error;
+pub mod instructions;
 pub mod parser;
 pub mod shell;
