@@ -1,14 +1,161 @@
-//! `kiln build`: build an image from a Dockerfile (for now: `--print-dag` only).
+//! `kiln build`: build an image from a Dockerfile (for now: `--print-dag`, which converts the
+//! Dockerfile to its DAG and prints it without running anything).
 
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+
+use kiln_frontend::convert::{convert, render_result, ConvertOptions};
+use kiln_frontend::dag::PrintFormat;
+use kiln_frontend::dockerignore::DockerIgnore;
+use kiln_frontend::resolver::OfflineResolver;
+use kiln_types::Platform;
 
 /// Arguments of `kiln build`.
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {
     /// Build context directory
-    pub context: std::path::PathBuf,
+    pub context: PathBuf,
+
+    /// Name of the Dockerfile ("-" reads it from stdin) [default: CONTEXT/Dockerfile]
+    #[arg(short = 'f', long = "file", value_name = "PATH")]
+    pub file: Option<String>,
+
+    /// Set a build-time variable (KEY=VALUE, or KEY to take it from the environment)
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    pub build_args: Vec<String>,
+
+    /// Name of the stage to build
+    #[arg(long, value_name = "STAGE")]
+    pub target: Option<String>,
+
+    /// Target platform (os/arch[/variant]) [default: this machine's]
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
+
+    /// Print the build's DAG (text, dot or json) and exit without building
+    #[arg(
+        long = "print-dag",
+        value_name = "FORMAT",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "text"
+    )]
+    pub print_dag: Option<PrintFormat>,
 }
 
-pub fn run(_args: BuildArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("kiln build is not implemented yet")
+pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
+    let Some(format) = args.print_dag else {
+        bail!("kiln build can only print the DAG for now: pass --print-dag")
+    };
+    if !args.context.is_dir() {
+        bail!(
+            "build context {} is not a directory",
+            args.context.display()
+        );
+    }
+    let (dockerfile_name, dockerfile_path, text) = read_dockerfile(&args)?;
+    let dockerignore = read_dockerignore(&args.context, dockerfile_path.as_deref())?;
+    let mut options = ConvertOptions::new(&OfflineResolver);
+    options.build_args = parse_build_args(&args.build_args)?;
+    options.target = args.target.clone();
+    if let Some(platform) = &args.platform {
+        options.target_platform =
+            Some(Platform::parse(platform).with_context(|| format!("--platform {platform}"))?);
+    }
+    options.dockerignore = dockerignore;
+    let result =
+        convert(&text, &dockerfile_name, &options).map_err(|error| anyhow::anyhow!("{error}"))?;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(render_result(&result, format).as_bytes())?;
+    stdout.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The Dockerfile's display name, its path (None for stdin) and its text.
+fn read_dockerfile(args: &BuildArgs) -> anyhow::Result<(String, Option<PathBuf>, String)> {
+    match args.file.as_deref() {
+        Some("-") => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading the Dockerfile from stdin")?;
+            Ok(("-".to_string(), None, text))
+        }
+        file => {
+            let path = match file {
+                Some(file) => PathBuf::from(file),
+                None => args.context.join("Dockerfile"),
+            };
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let text = String::from_utf8(bytes)
+                .with_context(|| format!("{} is not valid UTF-8", path.display()))?;
+            let name = file.map_or_else(|| "Dockerfile".to_string(), str::to_string);
+            Ok((name, Some(path), text))
+        }
+    }
+}
+
+/// The exclude patterns: `<Dockerfile>.dockerignore` beside the Dockerfile if it exists (as
+/// BuildKit), else `.dockerignore` at the context's root.
+fn read_dockerignore(context: &Path, dockerfile: Option<&Path>) -> anyhow::Result<Vec<String>> {
+    let mut candidates = Vec::new();
+    if let Some(dockerfile) = dockerfile {
+        if let Some(file_name) = dockerfile.file_name() {
+            let mut name = file_name.to_os_string();
+            name.push(".dockerignore");
+            candidates.push(dockerfile.with_file_name(name));
+        }
+    }
+    candidates.push(context.join(".dockerignore"));
+    for candidate in candidates {
+        match std::fs::read(&candidate) {
+            Ok(bytes) => {
+                let text = String::from_utf8_lossy(&bytes);
+                let ignore = DockerIgnore::parse(&text)
+                    .with_context(|| format!("reading {}", candidate.display()))?;
+                return Ok(ignore
+                    .matcher()
+                    .patterns()
+                    .iter()
+                    .map(|pattern| {
+                        if pattern.is_exclusion() {
+                            format!("!{}", pattern.text())
+                        } else {
+                            pattern.text().to_string()
+                        }
+                    })
+                    .collect());
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => {
+                return Err(error).with_context(|| format!("reading {}", candidate.display()))
+            }
+        }
+    }
+    Ok(Vec::new())
+}
+
+/// `KEY=VALUE` pairs; a bare `KEY` takes its value from kiln's environment and is skipped when
+/// unset, as `docker build` does.
+fn parse_build_args(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        match item.split_once('=') {
+            Some((key, _)) if key.is_empty() => bail!("invalid --build-arg {item:?}: empty name"),
+            Some((key, value)) => {
+                out.insert(key.to_string(), value.to_string());
+            }
+            None => {
+                if let Ok(value) = std::env::var(item) {
+                    out.insert(item.clone(), value);
+                }
+            }
+        }
+    }
+    Ok(out)
 }

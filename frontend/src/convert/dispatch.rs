@@ -1,0 +1,1553 @@
+//! Per-instruction dispatch: each instruction's effect on the stage's filesystem (new ops), its
+//! run-time state (env, cwd, user) and its image config and history, as BuildKit's `dispatch*`.
+
+use kiln_types::{HealthConfig, History, ImageSpec};
+
+use super::command::{CommandKind, CommandLine, CopyCommand, HealthcheckCommand, RunCommand};
+use super::{env_get, env_set, Converter, PairsEnv, StageBase, DEFAULT_PATH};
+use crate::dag::{
+    CacheMount, CacheSharing, Chmod, Chown, CopyAction, ExecOp, FileAction, FileOp, GitSource,
+    HttpSource, ImageSource, Input, LocalSource, MergeOp, MkdirAction, MkfileAction, Mount,
+    MountKind, NetworkMode, Op, OpKind, OpMetadata, SecretEnv, SecretMount, SecurityMode, SourceOp,
+    SshMount, UserOrId,
+};
+use crate::error::Error;
+use crate::instructions::mount::{self as run_mount, MountType};
+use crate::instructions::values::{parse_chmod, parse_exposed_port, Chmod as ParsedChmod};
+use crate::shell::go_unicode::{go_quote, go_quote_list};
+
+const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
+
+type Failure = String;
+
+impl Converter<'_> {
+    /// Sets a stage up from its base and runs its commands.
+    pub(super) fn dispatch_stage(&mut self, index: usize) -> Result<(), Error> {
+        let line = self.states[index].start_line;
+        let single_stage = self
+            .states
+            .iter()
+            .filter(|state| !state.unregistered)
+            .count()
+            == 1;
+        if let Some(base) = self.states[index].base_stage {
+            let base_state = self.states[base].clone();
+            let state = &mut self.states[index];
+            state.filesystem = base_state.filesystem;
+            state.platform = base_state.platform;
+            state.image = base_state.image;
+            state.image.config.on_build = None;
+            state.build_args.extend(base_state.build_args);
+            state.env = base_state.env;
+            state.cwd = base_state.cwd;
+            state.user = base_state.user;
+        } else {
+            let platform = self.states[index]
+                .platform
+                .clone()
+                .unwrap_or_else(|| self.target_platform.clone());
+            let state = &mut self.states[index];
+            state.platform = Some(platform.clone());
+            let mut env = Vec::new();
+            if !state.image.config.env.as_ref().is_some_and(|env| {
+                env.iter()
+                    .any(|entry| entry.split('=').next() == Some("PATH"))
+            }) && platform.os != "windows"
+            {
+                state
+                    .image
+                    .config
+                    .env
+                    .get_or_insert_with(Vec::new)
+                    .push(format!("PATH={DEFAULT_PATH}"));
+            }
+            for entry in state.image.config.env.iter().flatten() {
+                let (key, value) = entry.split_once('=').unwrap_or((entry.as_str(), ""));
+                env_set(&mut env, key, value);
+            }
+            state.env = env;
+            if let Some(workdir) = state
+                .image
+                .config
+                .working_dir
+                .clone()
+                .filter(|w| !w.is_empty())
+            {
+                state.cwd = normalize_workdir("/", &workdir);
+                state.image.config.working_dir = Some(state.cwd.clone());
+            }
+            state.user = state.image.config.user.clone().unwrap_or_default();
+            let total = 1 + count_layer_commands(&state.commands);
+            state.command_total = total;
+            let source = match &state.base {
+                StageBase::Image { written, reference } => SourceOp::Image(ImageSource {
+                    written: written.clone(),
+                    reference: reference.clone(),
+                    platform: platform.clone(),
+                }),
+                _ => SourceOp::Scratch,
+            };
+            let from_text = match &source {
+                SourceOp::Image(image) => format!("FROM {}", image.reference),
+                _ => "FROM scratch".to_string(),
+            };
+            let is_scratch = matches!(source, SourceOp::Scratch);
+            let name = if is_scratch {
+                String::new()
+            } else {
+                self.progress_name(index, &from_text, single_stage)
+            };
+            let op = Op {
+                inputs: vec![],
+                platform: (!is_scratch).then_some(platform),
+                kind: OpKind::Source(source),
+            };
+            let metadata = self.metadata(index, name, line, line);
+            let output = self.add_op(op, metadata, line)?;
+            self.states[index].filesystem = Some(output);
+        }
+        if self.states[index].command_total == 0 {
+            self.states[index].command_total = count_layer_commands(&self.states[index].commands);
+        }
+        if let Some(hostname) = &self.options.hostname {
+            let _ = hostname;
+        }
+        self.states[index].dispatched = true;
+        let commands = self.states[index].commands.clone();
+        for command in &commands {
+            let result = self.dispatch_command(
+                index,
+                &command.kind,
+                &command.original,
+                command.from_onbuild,
+                single_stage,
+                command.start_line,
+                command.end_line,
+            );
+            result.map_err(|message| self.error_at(command.start_line, message))?;
+        }
+        Ok(())
+    }
+
+    fn metadata(
+        &self,
+        index: usize,
+        name: String,
+        start_line: usize,
+        end_line: usize,
+    ) -> OpMetadata {
+        OpMetadata {
+            name,
+            stage: Some(self.states[index].display_name.clone()),
+            lines: Some((start_line, end_line)),
+            ignore_cache: false,
+        }
+    }
+
+    /// `[stage 2/5] RUN ...` as BuildKit's progress names.
+    fn progress_name(&mut self, index: usize, text: &str, single_stage: bool) -> String {
+        let state = &mut self.states[index];
+        if state.command_total == 0 {
+            return text.to_string();
+        }
+        state.command_index += 1;
+        let width = state.command_total.to_string().len();
+        let prefix = if single_stage {
+            String::new()
+        } else {
+            format!("{} ", state.display_name)
+        };
+        format!(
+            "[{prefix}{:>width$}/{}] {text}",
+            state.command_index, state.command_total
+        )
+    }
+
+    /// The instruction text for progress: first word upper case, variables expanded where set.
+    fn display_text(&self, index: usize, original: &str, from_onbuild: bool) -> String {
+        let mut lexer = self.lexer;
+        lexer.raw_quotes = true;
+        lexer.skip_unset_env = true;
+        let expanded = lexer
+            .process_word(original, &PairsEnv(&self.states[index].env))
+            .map(|word| word.result)
+            .unwrap_or_else(|_| original.to_string());
+        let mut parts = expanded.splitn(2, ' ');
+        let first = parts.next().unwrap_or_default().to_uppercase();
+        let text = match parts.next() {
+            Some(rest) => format!("{first} {rest}"),
+            None => first,
+        };
+        if from_onbuild {
+            format!("ONBUILD {text}")
+        } else {
+            text
+        }
+    }
+
+    fn expand(&self, index: usize, word: &str) -> Result<String, Failure> {
+        self.lexer
+            .process_word(word, &PairsEnv(&self.states[index].env))
+            .map(|word| word.result)
+            .map_err(|error| error.to_string())
+    }
+
+    fn commit(&mut self, index: usize, created_by: String, with_layer: bool) {
+        self.states[index].image.history.push(History {
+            created_by: Some(created_by),
+            comment: Some(HISTORY_COMMENT.to_string()),
+            empty_layer: !with_layer,
+            ..History::default()
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch_command(
+        &mut self,
+        index: usize,
+        kind: &CommandKind,
+        original: &str,
+        from_onbuild: bool,
+        single_stage: bool,
+        start_line: usize,
+        end_line: usize,
+    ) -> Result<(), Failure> {
+        match kind {
+            CommandKind::Arg(args) => self.dispatch_arg(index, args),
+            CommandKind::Env(pairs) => {
+                let mut message = String::from("ENV");
+                for (key, value) in pairs {
+                    let key = self.expand(index, key)?;
+                    let value = self.expand(index, value)?;
+                    message.push_str(&format!(" {key}={value}"));
+                    let state = &mut self.states[index];
+                    env_set(&mut state.env, &key, &value);
+                    add_env(&mut state.image, &key, &value);
+                }
+                self.commit(index, message, false);
+                Ok(())
+            }
+            CommandKind::Label(pairs) => {
+                let mut message = String::from("LABEL");
+                for (key, value) in pairs {
+                    let key = self.expand(index, key)?;
+                    let value = self.expand(index, value)?;
+                    message.push_str(&format!(" {key}={value}"));
+                    self.states[index]
+                        .image
+                        .config
+                        .labels
+                        .get_or_insert_with(Default::default)
+                        .insert(key, value);
+                }
+                self.commit(index, message, false);
+                Ok(())
+            }
+            CommandKind::Maintainer(maintainer) => {
+                self.states[index].image.author = Some(maintainer.clone());
+                self.commit(index, format!("MAINTAINER {maintainer}"), false);
+                Ok(())
+            }
+            CommandKind::Workdir(path) => {
+                let path = self.expand(index, path)?;
+                let name_text = self.display_text(index, original, from_onbuild);
+                self.dispatch_workdir(index, &path, &name_text, single_stage, start_line, end_line)
+            }
+            CommandKind::User(user) => {
+                let user = self.expand(index, user)?;
+                let state = &mut self.states[index];
+                state.user = user.clone();
+                state.image.config.user = Some(user.clone());
+                self.commit(index, format!("USER {user}"), false);
+                Ok(())
+            }
+            CommandKind::StopSignal(signal) => {
+                let signal = self.expand(index, signal)?;
+                validate_signal(&signal)?;
+                self.states[index].image.config.stop_signal = Some(signal.clone());
+                self.commit(index, format!("STOPSIGNAL {signal}"), false);
+                Ok(())
+            }
+            CommandKind::Volume(volumes) => {
+                let mut expanded = Vec::new();
+                for volume in volumes {
+                    let volume = self.expand(index, volume)?;
+                    if volume.is_empty() {
+                        return Err("VOLUME specified can not be an empty string".into());
+                    }
+                    expanded.push(volume);
+                }
+                let config = &mut self.states[index].image.config;
+                let map = config.volumes.get_or_insert_with(Default::default);
+                for volume in &expanded {
+                    map.insert(volume.clone(), Default::default());
+                }
+                self.commit(index, format!("VOLUME [{}]", expanded.join(" ")), false);
+                Ok(())
+            }
+            CommandKind::Expose(ports) => {
+                let mut specs = Vec::new();
+                for port in ports {
+                    let words = self
+                        .lexer
+                        .process_words(port, &PairsEnv(&self.states[index].env))
+                        .map_err(|error| error.to_string())?;
+                    for word in words {
+                        specs.extend(parse_exposed_port(&word)?);
+                    }
+                }
+                let map = self.states[index]
+                    .image
+                    .config
+                    .exposed_ports
+                    .get_or_insert_with(Default::default);
+                for spec in &specs {
+                    map.insert(spec.clone(), Default::default());
+                }
+                self.commit(index, format!("EXPOSE [{}]", specs.join(" ")), false);
+                Ok(())
+            }
+            CommandKind::Shell(shell) => {
+                self.states[index].image.config.shell = Some(shell.clone());
+                self.commit(index, format!("SHELL [{}]", shell.join(" ")), false);
+                Ok(())
+            }
+            CommandKind::Cmd(line) => {
+                let args = self.with_shell(index, line);
+                let state = &mut self.states[index];
+                state.image.config.cmd = Some(args.clone());
+                state.image.config.args_escaped = Some(true);
+                state.cmd_set = true;
+                self.commit(index, format!("CMD {}", go_quote_list(&args)), false);
+                Ok(())
+            }
+            CommandKind::Entrypoint(line) => {
+                let args = self.with_shell(index, line);
+                let state = &mut self.states[index];
+                state.image.config.entrypoint = Some(args.clone());
+                if !state.cmd_set {
+                    state.image.config.cmd = None;
+                }
+                self.commit(index, format!("ENTRYPOINT {}", go_quote_list(&args)), false);
+                Ok(())
+            }
+            CommandKind::Healthcheck(health) => {
+                let config = health_config(health);
+                let message = format!("HEALTHCHECK {}", health_text(&config));
+                self.states[index].image.config.healthcheck = Some(config);
+                self.commit(index, message, false);
+                Ok(())
+            }
+            CommandKind::Onbuild(expression) => {
+                self.states[index]
+                    .image
+                    .config
+                    .on_build
+                    .get_or_insert_with(Vec::new)
+                    .push(expression.clone());
+                Ok(())
+            }
+            CommandKind::Run(run) => {
+                let name_text = self.display_text(index, original, from_onbuild);
+                self.dispatch_run(index, run, &name_text, single_stage, start_line, end_line)
+            }
+            CommandKind::Copy(copy) => {
+                let name_text = self.display_text(index, original, from_onbuild);
+                self.dispatch_copy(index, copy, &name_text, single_stage, start_line, end_line)
+            }
+        }
+    }
+
+    fn dispatch_arg(
+        &mut self,
+        index: usize,
+        args: &[(String, Option<String>)],
+    ) -> Result<(), Failure> {
+        let mut parts = Vec::new();
+        for (key, default) in args {
+            let has_value = self.options.build_args.contains_key(key);
+            let mut value = None;
+            if default.is_none() && !has_value {
+                value = env_get(&self.global_args, key).map(str::to_string);
+            }
+            if has_value {
+                value = self.options.build_args.get(key).cloned();
+            } else if let Some(default) = default {
+                value = Some(self.expand(index, default)?);
+            }
+            let state = &mut self.states[index];
+            if let Some(value) = &value {
+                env_set(&mut state.env, key, value);
+            }
+            state.build_args.push((key.clone(), value.clone()));
+            parts.push(match &value {
+                Some(value) => format!("{key}={value}"),
+                None => key.clone(),
+            });
+        }
+        self.commit(index, format!("ARG {}", parts.join(" ")), false);
+        Ok(())
+    }
+
+    fn with_shell(&self, index: usize, line: &CommandLine) -> Vec<String> {
+        if !line.prepend_shell {
+            return line.args.clone();
+        }
+        let image = &self.states[index].image;
+        let mut shell = image
+            .config
+            .shell
+            .clone()
+            .filter(|shell| !shell.is_empty())
+            .unwrap_or_else(|| default_shell(&image.os));
+        shell.push(line.args.join(" "));
+        shell
+    }
+
+    fn dispatch_workdir(
+        &mut self,
+        index: usize,
+        path: &str,
+        name_text: &str,
+        single_stage: bool,
+        start_line: usize,
+        end_line: usize,
+    ) -> Result<(), Failure> {
+        let current = self.states[index]
+            .image
+            .config
+            .working_dir
+            .clone()
+            .unwrap_or_else(|| "/".into());
+        let workdir = normalize_workdir(&current, path);
+        let state = &mut self.states[index];
+        state.image.config.working_dir = Some(workdir.clone());
+        state.cwd = workdir.clone();
+        let with_layer = workdir != "/";
+        if with_layer {
+            let owner = state
+                .image
+                .config
+                .user
+                .as_deref()
+                .filter(|user| !user.is_empty())
+                .map(parse_chown)
+                .transpose()?;
+            let platform = state.platform.clone();
+            let base = state.filesystem.clone().ok_or("stage has no filesystem")?;
+            let name = self.progress_name(index, name_text, single_stage);
+            let op = Op {
+                inputs: vec![base],
+                platform,
+                kind: OpKind::File(FileOp {
+                    base: Some(0),
+                    actions: vec![FileAction::Mkdir(MkdirAction {
+                        path: workdir.clone(),
+                        mode: 0o755,
+                        make_parents: true,
+                        owner,
+                        timestamp: None,
+                    })],
+                }),
+            };
+            let output = self.add_file_op(index, op, name, start_line, end_line)?;
+            self.states[index].filesystem = Some(output);
+        }
+        self.commit(index, format!("WORKDIR {workdir}"), with_layer);
+        Ok(())
+    }
+
+    fn add_file_op(
+        &mut self,
+        index: usize,
+        op: Op,
+        name: String,
+        start_line: usize,
+        end_line: usize,
+    ) -> Result<Input, Failure> {
+        let metadata = self.metadata(index, name, start_line, end_line);
+        self.builder
+            .add(op, metadata)
+            .map_err(|error| error.to_string())
+    }
+
+    /// A context source selecting `paths` (relative to the context root).
+    fn context_source(&mut self, paths: &[String]) -> Result<Input, Failure> {
+        let mut include: Vec<String> = paths.iter().map(|path| context_relative(path)).collect();
+        if include.iter().any(|path| path == ".") {
+            include.clear();
+        }
+        include.sort();
+        include.dedup();
+        let op = Op {
+            inputs: vec![],
+            platform: None,
+            kind: OpKind::Source(SourceOp::Local(LocalSource {
+                name: self.options.context_name.clone(),
+                include_patterns: include,
+                exclude_patterns: self.options.dockerignore.clone(),
+                shared_key: self.options.context_name.clone(),
+            })),
+        };
+        let metadata = OpMetadata {
+            name: format!("[internal] load build {}", self.options.context_name),
+            ..OpMetadata::default()
+        };
+        self.builder
+            .add(op, metadata)
+            .map_err(|error| error.to_string())
+    }
+
+    fn stage_output(&self, source: usize, what: &str, current: usize) -> Result<Input, Failure> {
+        let state = &self.states[source];
+        if !state.dispatched {
+            return Err(format!(
+                "cannot {what} from stage {:?}, it needs to be defined before current stage {:?}",
+                state
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| state.base_name.clone()),
+                self.states[current].display_name
+            ));
+        }
+        state
+            .filesystem
+            .clone()
+            .ok_or_else(|| "stage has no filesystem".to_string())
+    }
+
+    /// Makes sure an image named only by `--from` has its source op.
+    fn ensure_image_stage(&mut self, source: usize) -> Result<(), Failure> {
+        if !self.states[source].unregistered || self.states[source].dispatched {
+            return Ok(());
+        }
+        if !self.states[source].resolved {
+            self.resolve_base(source).map_err(|error| error.message)?;
+        }
+        let state = &self.states[source];
+        let platform = state
+            .platform
+            .clone()
+            .unwrap_or_else(|| self.target_platform.clone());
+        let (kind, name) = match &state.base {
+            StageBase::Image { written, reference } => (
+                SourceOp::Image(ImageSource {
+                    written: written.clone(),
+                    reference: reference.clone(),
+                    platform: platform.clone(),
+                }),
+                format!("FROM {reference}"),
+            ),
+            _ => (SourceOp::Scratch, String::new()),
+        };
+        let is_scratch = matches!(kind, SourceOp::Scratch);
+        let op = Op {
+            inputs: vec![],
+            platform: (!is_scratch).then_some(platform),
+            kind: OpKind::Source(kind),
+        };
+        let output = self
+            .builder
+            .add(
+                op,
+                OpMetadata {
+                    name,
+                    ..OpMetadata::default()
+                },
+            )
+            .map_err(|error| error.to_string())?;
+        let state = &mut self.states[source];
+        state.filesystem = Some(output);
+        state.dispatched = true;
+        Ok(())
+    }
+
+    fn find_source(&mut self, index: usize, from: &str) -> Result<usize, Failure> {
+        if let Ok(position) = from.parse::<usize>() {
+            return Ok(position);
+        }
+        let found = self.find_stage(from).or_else(|| {
+            self.states
+                .iter()
+                .position(|state| state.unregistered && state.base_name == from)
+        });
+        match found {
+            Some(source) => Ok(source),
+            None => {
+                let line = self.states[index].start_line;
+                Ok(self.register_image(from, line))
+            }
+        }
+    }
+
+    fn dispatch_run(
+        &mut self,
+        index: usize,
+        run: &RunCommand,
+        name_text: &str,
+        single_stage: bool,
+        start_line: usize,
+        end_line: usize,
+    ) -> Result<(), Failure> {
+        let state = &self.states[index];
+        let platform = state.platform.clone();
+        let base = state.filesystem.clone().ok_or("stage has no filesystem")?;
+        let mut inputs = vec![base];
+        let mut mounts = vec![Mount {
+            input: Some(0),
+            selector: "/".into(),
+            dest: "/".into(),
+            output: Some(0),
+            readonly: false,
+            kind: MountKind::Bind,
+        }];
+        let mut args = run.line.args.clone();
+        let mut display = name_text.to_string();
+        if !run.line.heredocs.is_empty() {
+            if args.len() != 1 || !run.line.prepend_shell {
+                return Err(format!("parsing produced an invalid run command: {args:?}"));
+            }
+            let first = &run.line.heredocs[0];
+            let simple = run.line.heredocs.len() == 1 && is_lone_heredoc(&args[0], &first.name);
+            if simple {
+                let data = first.content.clone();
+                if state.image.os != "windows" && data.starts_with("#!") {
+                    let file_op = Op {
+                        inputs: vec![],
+                        platform: platform.clone(),
+                        kind: OpKind::File(FileOp {
+                            base: None,
+                            actions: vec![FileAction::Mkfile(MkfileAction {
+                                path: format!("/{}", first.name),
+                                mode: 0o755,
+                                data,
+                                owner: None,
+                                timestamp: None,
+                            })],
+                        }),
+                    };
+                    let script = self.add_file_op(
+                        index,
+                        file_op,
+                        "preparing inline document".into(),
+                        start_line,
+                        end_line,
+                    )?;
+                    inputs.push(script);
+                    mounts.push(Mount {
+                        input: Some(inputs.len() as u32 - 1),
+                        selector: "/".into(),
+                        dest: "/dev/pipes/".into(),
+                        output: None,
+                        readonly: true,
+                        kind: MountKind::Bind,
+                    });
+                    args = vec![format!("/dev/pipes/{}", first.name)];
+                } else {
+                    args = vec![data];
+                }
+                display.push_str(&format!(" ({})", summarize_heredoc(&first.content)));
+            } else {
+                let mut text = args[0].clone();
+                for heredoc in &run.line.heredocs {
+                    text.push('\n');
+                    text.push_str(&heredoc.content);
+                    text.push_str(&heredoc.name);
+                }
+                args = vec![text];
+            }
+        }
+        if run.line.prepend_shell {
+            args = self.with_shell(
+                index,
+                &CommandLine {
+                    args,
+                    prepend_shell: true,
+                    heredocs: Vec::new(),
+                },
+            );
+        }
+        let mut expanded_mounts = Vec::new();
+        for raw in &run.mounts {
+            expanded_mounts.push(self.expand(index, raw)?);
+        }
+        let parsed =
+            run_mount::parse_mounts(&expanded_mounts).map_err(|error| error.to_string())?;
+        let mut secret_env = Vec::new();
+        let cwd = self.states[index].cwd.clone();
+        for mount in &parsed {
+            match mount.mount_type {
+                MountType::Secret => {
+                    let id = mount
+                        .id
+                        .clone()
+                        .filter(|id| !id.is_empty())
+                        .or_else(|| mount.source.clone().filter(|s| !s.is_empty()))
+                        .or_else(|| mount.target.as_deref().map(base_name))
+                        .ok_or("one of source, target required")?;
+                    let id = mount.source.clone().filter(|s| !s.is_empty()).unwrap_or(id);
+                    if let Some(name) = &mount.env {
+                        secret_env.push(SecretEnv {
+                            id: id.clone(),
+                            name: name.clone(),
+                            required: mount.required,
+                        });
+                    }
+                    if mount.env.is_none() || mount.target.is_some() {
+                        let dest = mount
+                            .target
+                            .clone()
+                            .unwrap_or_else(|| format!("/run/secrets/{}", base_name(&id)));
+                        mounts.push(Mount {
+                            input: None,
+                            selector: "/".into(),
+                            dest: absolute_target(&cwd, &dest)?,
+                            output: None,
+                            readonly: true,
+                            kind: MountKind::Secret(SecretMount {
+                                id,
+                                uid: mount.uid.unwrap_or(0),
+                                gid: mount.gid.unwrap_or(0),
+                                mode: mount.mode.unwrap_or(0o400),
+                                required: mount.required,
+                            }),
+                        });
+                    }
+                }
+                MountType::Ssh => {
+                    if mount.source.is_some() {
+                        return Err("ssh does not support source".into());
+                    }
+                    let target = mount
+                        .target
+                        .clone()
+                        .unwrap_or_else(|| "/run/buildkit/ssh_agent.0".into());
+                    mounts.push(Mount {
+                        input: None,
+                        selector: "/".into(),
+                        dest: absolute_target(&cwd, &target)?,
+                        output: None,
+                        readonly: true,
+                        kind: MountKind::Ssh(SshMount {
+                            id: mount
+                                .id
+                                .clone()
+                                .filter(|id| !id.is_empty())
+                                .unwrap_or_else(|| "default".into()),
+                            uid: mount.uid.unwrap_or(0),
+                            gid: mount.gid.unwrap_or(0),
+                            mode: mount.mode.unwrap_or(0o600),
+                            required: mount.required,
+                        }),
+                    });
+                }
+                MountType::Tmpfs => {
+                    let target = mount
+                        .target
+                        .clone()
+                        .ok_or("mount type tmpfs requires a target")?;
+                    mounts.push(Mount {
+                        input: None,
+                        selector: "/".into(),
+                        dest: absolute_target(&cwd, &target)?,
+                        output: None,
+                        readonly: false,
+                        kind: MountKind::Tmpfs {
+                            size: mount.size_limit.unwrap_or(0),
+                        },
+                    });
+                }
+                MountType::Bind | MountType::Cache => {
+                    let target = mount.target.clone().ok_or_else(|| {
+                        format!("mount type {} requires a target", mount.mount_type)
+                    })?;
+                    let dest = absolute_target(&cwd, &target)?;
+                    let source_path = normalize_path("/", mount.source.as_deref().unwrap_or(""));
+                    let mut input = match (&mount.from, mount.mount_type) {
+                        (Some(from), _) => {
+                            let source = self.find_source(index, from)?;
+                            self.ensure_image_stage(source)?;
+                            Some(self.stage_output(source, "mount", index)?)
+                        }
+                        (None, MountType::Bind) => {
+                            Some(self.context_source(&[source_path.clone()])?)
+                        }
+                        (None, _) => None,
+                    };
+                    let mut selector = source_path.clone();
+                    if mount.mount_type == MountType::Cache
+                        && source_path == "/"
+                        && (mount.uid.is_some() || mount.gid.is_some() || mount.mode.is_some())
+                    {
+                        let mut file_inputs = Vec::new();
+                        let base_index = input.as_ref().map(|input| {
+                            file_inputs.push(input.clone());
+                            0
+                        });
+                        let op = Op {
+                            inputs: file_inputs,
+                            platform: platform.clone(),
+                            kind: OpKind::File(FileOp {
+                                base: base_index,
+                                actions: vec![FileAction::Mkdir(MkdirAction {
+                                    path: "/cache".into(),
+                                    mode: mount.mode.unwrap_or(0o755),
+                                    make_parents: false,
+                                    owner: Some(Chown {
+                                        user: Some(UserOrId::Id(mount.uid.unwrap_or(0))),
+                                        group: Some(UserOrId::Id(mount.gid.unwrap_or(0))),
+                                    }),
+                                    timestamp: None,
+                                })],
+                            }),
+                        };
+                        input = Some(self.add_file_op(
+                            index,
+                            op,
+                            "[internal] setting cache mount permissions".into(),
+                            start_line,
+                            end_line,
+                        )?);
+                        selector = "/cache".into();
+                    }
+                    let input_index = input.map(|input| {
+                        inputs.push(input);
+                        inputs.len() as u32 - 1
+                    });
+                    let kind = if mount.mount_type == MountType::Cache {
+                        let id = mount
+                            .id
+                            .clone()
+                            .filter(|id| !id.is_empty())
+                            .unwrap_or_else(|| normalize_path("/", &target));
+                        let sharing = match mount.sharing.unwrap_or_default() {
+                            run_mount::CacheSharing::Shared => CacheSharing::Shared,
+                            run_mount::CacheSharing::Private => CacheSharing::Private,
+                            run_mount::CacheSharing::Locked => CacheSharing::Locked,
+                        };
+                        MountKind::Cache(CacheMount { id, sharing })
+                    } else {
+                        MountKind::Bind
+                    };
+                    mounts.push(Mount {
+                        input: input_index,
+                        selector,
+                        dest,
+                        output: None,
+                        readonly: mount.read_only,
+                        kind,
+                    });
+                }
+            }
+        }
+        let network = match run.network.as_deref() {
+            None | Some("") | Some("default") => NetworkMode::Default,
+            Some("none") => NetworkMode::None,
+            Some("host") => NetworkMode::Host,
+            Some(other) => return Err(format!("unsupported network mode {other:?}")),
+        };
+        let security = match run.security.as_deref() {
+            None | Some("") | Some("sandbox") => SecurityMode::Sandbox,
+            Some("insecure") => SecurityMode::Insecure,
+            Some(other) => return Err(format!("unsupported security mode {other:?}")),
+        };
+        let state = &self.states[index];
+        let env: Vec<String> = state
+            .env
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        let proxy_env: Vec<String> = self
+            .proxy_env
+            .iter()
+            .filter(|entry| {
+                entry
+                    .split('=')
+                    .next()
+                    .is_some_and(|key| env_get(&state.env, key).is_none())
+            })
+            .cloned()
+            .collect();
+        let exec = ExecOp {
+            args: args.clone(),
+            env,
+            cwd: state.cwd.clone(),
+            user: state.user.clone(),
+            network,
+            security,
+            hostname: self.options.hostname.clone(),
+            mounts,
+            secret_env,
+            proxy_env,
+        };
+        let history = format!(
+            "RUN {} # buildkit",
+            run_command_string(&args, &state.build_args, &state.env)
+        );
+        let name = self.progress_name(index, &display, single_stage);
+        let op = Op {
+            inputs,
+            platform,
+            kind: OpKind::Exec(exec),
+        };
+        let output = self.add_file_op(index, op, name, start_line, end_line)?;
+        self.states[index].filesystem = Some(output);
+        self.commit(index, history, true);
+        Ok(())
+    }
+
+    fn dispatch_copy(
+        &mut self,
+        index: usize,
+        copy: &CopyCommand,
+        name_text: &str,
+        single_stage: bool,
+        start_line: usize,
+        end_line: usize,
+    ) -> Result<(), Failure> {
+        let instruction = if copy.is_add { "ADD" } else { "COPY" };
+        let chown = self.expand(index, &copy.chown)?;
+        let chmod_text = self.expand(index, &copy.chmod)?;
+        let checksum = if copy.is_add {
+            self.expand(index, &copy.checksum)?
+        } else {
+            String::new()
+        };
+        let mut sources = Vec::new();
+        for source in &copy.sources {
+            sources.push(self.expand(index, source)?);
+        }
+        let dest_written = self.expand(index, &copy.dest)?;
+        let mut contents = Vec::new();
+        for (name, data, expand) in &copy.contents {
+            let data = if *expand {
+                let mut lexer = crate::shell::Lexer::new('\\');
+                lexer.skip_process_quotes = true;
+                lexer
+                    .process_word(data, &PairsEnv(&self.states[index].env))
+                    .map_err(|error| error.to_string())?
+                    .result
+            } else {
+                data.clone()
+            };
+            contents.push((name.clone(), data));
+        }
+        if sources.len() + contents.len() > 1 && !dest_written.ends_with('/') {
+            return Err(format!(
+                "When using {instruction} with more than one source file, the destination must be a directory and end with a /"
+            ));
+        }
+        let state = &self.states[index];
+        let platform = state.platform.clone();
+        let dest = path_relative_to_workdir(&state.cwd, &dest_written);
+        let owner = if chown.is_empty() {
+            None
+        } else {
+            Some(parse_chown(&chown)?)
+        };
+        let mode = if chmod_text.is_empty() {
+            None
+        } else {
+            Some(match parse_chmod(&chmod_text)? {
+                ParsedChmod::Octal(bits) => Chmod::Octal(bits),
+                ParsedChmod::Symbolic(_) => Chmod::Symbolic(chmod_text.clone()),
+            })
+        };
+        if !checksum.is_empty() {
+            if sources.len() != 1 {
+                return Err("checksum can't be specified for multiple sources".into());
+            }
+            if !is_http_source(&sources[0]) && !is_git_source(&sources[0]) {
+                return Err("checksum requires HTTP(S) or Git sources".into());
+            }
+        }
+        let mut message = String::from(instruction);
+        if copy.parents {
+            message.push_str(" --parents");
+        }
+        if !chown.is_empty() {
+            message.push_str(&format!(" --chown={chown}"));
+        }
+        if !chmod_text.is_empty() {
+            message.push_str(&format!(" --chmod={chmod_text}"));
+        }
+
+        // The copy's source filesystem for local sources.
+        let local_input = match &copy.from {
+            Some(from) => {
+                let source = self.find_source(index, from)?;
+                self.ensure_image_stage(source)?;
+                Some(self.stage_output(source, "copy", index)?)
+            }
+            None => {
+                let local: Vec<String> = sources
+                    .iter()
+                    .filter(|source| !is_http_source(source) && !is_git_source(source))
+                    .cloned()
+                    .collect();
+                if local.is_empty() {
+                    None
+                } else {
+                    Some(self.context_source(&local)?)
+                }
+            }
+        };
+        let mut inputs: Vec<Input> = Vec::new();
+        let input_index = |inputs: &mut Vec<Input>, input: Input| -> u32 {
+            match inputs.iter().position(|existing| *existing == input) {
+                Some(position) => position as u32,
+                None => {
+                    inputs.push(input);
+                    inputs.len() as u32 - 1
+                }
+            }
+        };
+        let base_copy = |source_input: u32, source_path: String| CopyAction {
+            source_input,
+            source_path,
+            dest_path: dest.clone(),
+            owner: owner.clone(),
+            mode: mode.clone(),
+            follow_symlinks: false,
+            dir_contents_only: false,
+            attempt_unpack: false,
+            create_dest_path: true,
+            allow_wildcard: false,
+            allow_empty_wildcard: false,
+            always_replace_existing_dest_paths: false,
+            include_patterns: Vec::new(),
+            exclude_patterns: copy.excludes.clone(),
+            required_paths: Vec::new(),
+            timestamp: None,
+        };
+        let mut actions = Vec::new();
+        for source in &sources {
+            message.push(' ');
+            message.push_str(source);
+            if is_git_source(source) {
+                if !copy.is_add {
+                    return Err("source can't be a git ref for COPY".into());
+                }
+                let (remote, reference, subdir) = split_git_url(source);
+                let op = Op {
+                    inputs: vec![],
+                    platform: None,
+                    kind: OpKind::Source(SourceOp::Git(GitSource {
+                        remote,
+                        reference,
+                        subdir,
+                        keep_git_dir: copy.keep_git_dir.unwrap_or(false),
+                        checksum: (!checksum.is_empty()).then(|| checksum.clone()),
+                    })),
+                };
+                let git = self
+                    .builder
+                    .add(
+                        op,
+                        OpMetadata {
+                            name: name_text.to_string(),
+                            ..OpMetadata::default()
+                        },
+                    )
+                    .map_err(|error| error.to_string())?;
+                let position = input_index(&mut inputs, git);
+                actions.push(FileAction::Copy(base_copy(position, "/".into())));
+            } else if is_http_source(source) {
+                if !copy.is_add {
+                    return Err("source can't be a URL for COPY".into());
+                }
+                let filename = url_filename(source);
+                let checksum_digest = if checksum.is_empty() {
+                    None
+                } else {
+                    Some(kiln_types::Digest::parse(&checksum).map_err(|error| error.to_string())?)
+                };
+                let op = Op {
+                    inputs: vec![],
+                    platform: None,
+                    kind: OpKind::Source(SourceOp::Http(HttpSource {
+                        url: source.clone(),
+                        checksum: checksum_digest,
+                        filename: filename.clone(),
+                        permissions: None,
+                    })),
+                };
+                let http = self
+                    .builder
+                    .add(
+                        op,
+                        OpMetadata {
+                            name: name_text.to_string(),
+                            ..OpMetadata::default()
+                        },
+                    )
+                    .map_err(|error| error.to_string())?;
+                let position = input_index(&mut inputs, http);
+                let mut action = base_copy(position, filename);
+                action.attempt_unpack = copy.unpack.unwrap_or(false);
+                actions.push(FileAction::Copy(action));
+            } else {
+                let local = local_input.clone().ok_or("no source for copy")?;
+                let position = input_index(&mut inputs, local);
+                let mut source_path = source.clone();
+                let mut include_patterns = Vec::new();
+                let mut required_paths = Vec::new();
+                if copy.parents {
+                    let (parent, pattern) = match source.split_once("/./") {
+                        Some((parent, pattern)) => (parent.to_string(), pattern.to_string()),
+                        None => ("/".to_string(), source.clone()),
+                    };
+                    let pattern = normalize_path("/", &pattern);
+                    include_patterns.push(pattern.trim_start_matches('/').to_string());
+                    if !contains_wildcards(&parent) && !contains_wildcards(&pattern) {
+                        required_paths.push(normalize_path("/", &format!("{parent}/{pattern}")));
+                    }
+                    source_path = parent;
+                }
+                let mut action = base_copy(position, normalize_path("/", &source_path));
+                action.follow_symlinks = true;
+                action.dir_contents_only = true;
+                action.allow_wildcard = true;
+                action.allow_empty_wildcard = true;
+                action.attempt_unpack = if copy.is_add {
+                    copy.unpack.unwrap_or(true)
+                } else {
+                    false
+                };
+                action.include_patterns = include_patterns;
+                action.required_paths = required_paths;
+                actions.push(FileAction::Copy(action));
+            }
+        }
+        for (name, data) in &contents {
+            message.push_str(&format!(" <<{name}"));
+            let op = Op {
+                inputs: vec![],
+                platform: platform.clone(),
+                kind: OpKind::File(FileOp {
+                    base: None,
+                    actions: vec![FileAction::Mkfile(MkfileAction {
+                        path: format!("/{name}"),
+                        mode: 0o644,
+                        data: data.clone(),
+                        owner: None,
+                        timestamp: None,
+                    })],
+                }),
+            };
+            let document = self.add_file_op(
+                index,
+                op,
+                "preparing inline document".into(),
+                start_line,
+                end_line,
+            )?;
+            let position = input_index(&mut inputs, document);
+            let mut action = base_copy(position, format!("/{name}"));
+            action.exclude_patterns.clear();
+            actions.push(FileAction::Copy(action));
+        }
+        message.push(' ');
+        message.push_str(&dest_written);
+        message.push_str(" # buildkit");
+
+        let current = self.states[index]
+            .filesystem
+            .clone()
+            .ok_or("stage has no filesystem")?;
+        let output = if copy.link && chmod_text.is_empty() {
+            let name = self.progress_name(index, name_text, single_stage);
+            let layer = Op {
+                inputs,
+                platform: platform.clone(),
+                kind: OpKind::File(FileOp {
+                    base: None,
+                    actions,
+                }),
+            };
+            let layer = self.add_file_op(index, layer, name.clone(), start_line, end_line)?;
+            let merge = Op {
+                inputs: vec![current, layer],
+                platform,
+                kind: OpKind::Merge(MergeOp {}),
+            };
+            let link_name = name.replacen("] ", "] LINK ", 1);
+            self.add_file_op(index, merge, link_name, start_line, end_line)?
+        } else {
+            let mut all_inputs = vec![current];
+            let shift = 1u32;
+            for action in actions.iter_mut() {
+                if let FileAction::Copy(copy_action) = action {
+                    copy_action.source_input += shift;
+                }
+            }
+            all_inputs.extend(inputs);
+            let name = self.progress_name(index, name_text, single_stage);
+            let op = Op {
+                inputs: all_inputs,
+                platform,
+                kind: OpKind::File(FileOp {
+                    base: Some(0),
+                    actions,
+                }),
+            };
+            self.add_file_op(index, op, name, start_line, end_line)?
+        };
+        self.states[index].filesystem = Some(output);
+        self.commit(index, message, true);
+        Ok(())
+    }
+}
+
+fn count_layer_commands(commands: &[super::command::Command]) -> usize {
+    commands
+        .iter()
+        .filter(|command| {
+            matches!(
+                command.kind,
+                CommandKind::Run(_) | CommandKind::Copy(_) | CommandKind::Workdir(_)
+            )
+        })
+        .count()
+}
+
+/// Docker's image config `Env` update: replace in place, else append.
+fn add_env(image: &mut ImageSpec, key: &str, value: &str) {
+    let env = image.config.env.get_or_insert_with(Vec::new);
+    let entry = format!("{key}={value}");
+    match env
+        .iter_mut()
+        .find(|existing| existing.split('=').next() == Some(key))
+    {
+        Some(existing) => *existing = entry,
+        None => env.push(entry),
+    }
+}
+
+fn default_shell(os: &str) -> Vec<String> {
+    if os == "windows" {
+        vec!["cmd".into(), "/S".into(), "/C".into()]
+    } else {
+        vec!["/bin/sh".into(), "-c".into()]
+    }
+}
+
+/// `path.Clean` of Go.
+pub(crate) fn clean_path(path: &str) -> String {
+    let absolute = path.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.last().is_some_and(|last| *last != "..") {
+                    parts.pop();
+                } else if !absolute {
+                    parts.push("..");
+                }
+            }
+            other => parts.push(other),
+        }
+    }
+    let joined = parts.join("/");
+    match (absolute, joined.is_empty()) {
+        (true, _) => format!("/{joined}"),
+        (false, true) => ".".into(),
+        (false, false) => joined,
+    }
+}
+
+/// `path.Join(base, path)` cleaned, absolute.
+fn normalize_path(base: &str, path: &str) -> String {
+    if path.starts_with('/') {
+        clean_path(path)
+    } else {
+        clean_path(&format!("{base}/{path}"))
+    }
+}
+
+/// A new WORKDIR against the current one.
+fn normalize_workdir(current: &str, path: &str) -> String {
+    let current = if current.is_empty() { "/" } else { current };
+    normalize_path(current, path)
+}
+
+/// A COPY destination: absolute, keeping a trailing `/` (and `.` meaning "into the workdir").
+fn path_relative_to_workdir(cwd: &str, dest: &str) -> String {
+    let dest = if dest.is_empty() || dest == "." {
+        "./"
+    } else {
+        dest
+    };
+    let keep_slash = dest.ends_with('/') || dest.ends_with("/.");
+    let mut normalized = normalize_path(cwd, dest);
+    if keep_slash && !normalized.ends_with('/') {
+        normalized.push('/');
+    }
+    normalized
+}
+
+/// A context path as an include pattern (relative, `.` for the root).
+fn context_relative(path: &str) -> String {
+    let cleaned = clean_path(&format!("/{path}"));
+    match cleaned.trim_start_matches('/') {
+        "" => ".".to_string(),
+        rest => rest.to_string(),
+    }
+}
+
+fn absolute_target(cwd: &str, target: &str) -> Result<String, Failure> {
+    let absolute = normalize_path(cwd, target);
+    if absolute == "/" {
+        return Err(format!("invalid mount target {target:?}"));
+    }
+    Ok(absolute)
+}
+
+fn base_name(path: &str) -> String {
+    let cleaned = clean_path(path);
+    cleaned
+        .rsplit('/')
+        .next()
+        .filter(|name| !name.is_empty())
+        .unwrap_or("/")
+        .to_string()
+}
+
+fn contains_wildcards(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'*' | b'?' | b'[' => return true,
+            b'\\' => index += 1,
+            _ => {}
+        }
+        index += 1;
+    }
+    false
+}
+
+/// `user[:group]` -> owner, numbers as ids.
+fn parse_chown(text: &str) -> Result<Chown, Failure> {
+    let (user, group) = match text.split_once(':') {
+        Some((user, group)) => (user, Some(group)),
+        None => (text, None),
+    };
+    let part = |value: &str| -> Option<UserOrId> {
+        if value.is_empty() {
+            None
+        } else {
+            Some(
+                value
+                    .parse::<u32>()
+                    .map(UserOrId::Id)
+                    .unwrap_or_else(|_| UserOrId::Name(value.to_string())),
+            )
+        }
+    };
+    Ok(Chown {
+        user: part(user),
+        group: group.and_then(part),
+    })
+}
+
+fn is_http_source(source: &str) -> bool {
+    (source.starts_with("http://") || source.starts_with("https://")) && !is_git_source(source)
+}
+
+/// A git URL as BuildKit's `ParseGitRef` sees one (the common forms): `git@host:repo`,
+/// `git://`, `ssh://`, or an http(s) URL whose path ends in `.git`.
+fn is_git_source(source: &str) -> bool {
+    if source.starts_with("git@") || source.starts_with("git://") || source.starts_with("ssh://") {
+        return true;
+    }
+    if source.starts_with("http://") || source.starts_with("https://") {
+        let without_fragment = source.split('#').next().unwrap_or(source);
+        return without_fragment.ends_with(".git");
+    }
+    false
+}
+
+/// remote, ref, subdir from `remote#ref:subdir`.
+fn split_git_url(source: &str) -> (String, String, String) {
+    match source.split_once('#') {
+        Some((remote, fragment)) => {
+            let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
+            (
+                remote.to_string(),
+                reference.to_string(),
+                subdir.to_string(),
+            )
+        }
+        None => (source.to_string(), String::new(), String::new()),
+    }
+}
+
+/// The file name an ADD of a URL produces: the URL path's last element, or `__unnamed__`.
+fn url_filename(url: &str) -> String {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let path = after_scheme
+        .find('/')
+        .map_or("", |slash| &after_scheme[slash..]);
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let base = base_name(path);
+    if base == "/" || base == "." || path.is_empty() {
+        "__unnamed__".into()
+    } else {
+        base
+    }
+}
+
+fn is_lone_heredoc(word: &str, name: &str) -> bool {
+    let word = word.trim();
+    let Some(rest) = word.strip_prefix("<<") else {
+        return false;
+    };
+    let rest = rest.strip_prefix('-').unwrap_or(rest);
+    rest.trim_matches(|c| c == '"' || c == '\'') == name
+}
+
+fn summarize_heredoc(document: &str) -> String {
+    let document = document.trim();
+    let mut lines = document.lines();
+    let first = lines.next().unwrap_or_default().to_string();
+    if lines.next().is_some() {
+        format!("{first}...")
+    } else {
+        first
+    }
+}
+
+/// `|N K=V ... args` for history, as BuildKit's `runCommandString`.
+fn run_command_string(
+    args: &[String],
+    build_args: &[(String, Option<String>)],
+    env: &[(String, String)],
+) -> String {
+    let mut entries: Vec<(String, String)> = Vec::new();
+    for (key, value) in build_args {
+        let value = env_get(env, key)
+            .map(str::to_string)
+            .unwrap_or_else(|| value.clone().unwrap_or_default());
+        match entries.iter_mut().find(|(existing, _)| existing == key) {
+            Some(entry) => entry.1 = value,
+            None => entries.push((key.clone(), value)),
+        }
+    }
+    let mut parts = Vec::new();
+    if !entries.is_empty() {
+        parts.push(format!("|{}", entries.len()));
+        parts.extend(
+            entries
+                .into_iter()
+                .map(|(key, value)| format!("{key}={value}")),
+        );
+    }
+    parts.extend(args.iter().cloned());
+    parts.join(" ")
+}
+
+/// Signal names and numbers Docker accepts for STOPSIGNAL.
+fn validate_signal(signal: &str) -> Result<(), Failure> {
+    const NAMES: &[&str] = &[
+        "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT",
+        "KILL", "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM",
+        "TRAP", "TSTP", "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ",
+    ];
+    if let Ok(number) = signal.parse::<u32>() {
+        if number == 0 || number > 64 {
+            return Err(format!("invalid signal: {signal}"));
+        }
+        return Ok(());
+    }
+    let upper = signal.to_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    if NAMES.contains(&name) {
+        return Ok(());
+    }
+    if let Some(offset) = name
+        .strip_prefix("RTMIN")
+        .or_else(|| name.strip_prefix("RTMAX"))
+    {
+        if offset.is_empty() || offset.trim_start_matches(['+', '-']).parse::<u32>().is_ok() {
+            return Ok(());
+        }
+    }
+    Err(format!("invalid signal: {signal}"))
+}
+
+fn health_config(health: &HealthcheckCommand) -> HealthConfig {
+    HealthConfig {
+        test: Some(health.test.clone()),
+        interval: health.interval,
+        timeout: health.timeout,
+        start_period: health.start_period,
+        start_interval: health.start_interval,
+        retries: health.retries,
+    }
+}
+
+/// Go's `%+v` of BuildKit's HealthcheckConfig, for history.
+fn health_text(config: &HealthConfig) -> String {
+    let test = config.test.clone().unwrap_or_default();
+    format!(
+        "{{Test:[{}] Interval:{} Timeout:{} StartPeriod:{} StartInterval:{} Retries:{}}}",
+        test.join(" "),
+        go_duration(config.interval.unwrap_or(0)),
+        go_duration(config.timeout.unwrap_or(0)),
+        go_duration(config.start_period.unwrap_or(0)),
+        go_duration(config.start_interval.unwrap_or(0)),
+        config.retries.unwrap_or(0)
+    )
+}
+
+/// Go's `time.Duration.String()` for whole units.
+fn go_duration(nanoseconds: i64) -> String {
+    if nanoseconds == 0 {
+        return "0s".into();
+    }
+    let negative = nanoseconds < 0;
+    let mut value = nanoseconds.unsigned_abs();
+    let sign = if negative { "-" } else { "" };
+    if value < 1_000_000_000 {
+        let (unit, divisor) = if value < 1_000 {
+            ("ns", 1)
+        } else if value < 1_000_000 {
+            ("µs", 1_000)
+        } else {
+            ("ms", 1_000_000)
+        };
+        return format!("{sign}{}{unit}", trim_fraction(value, divisor));
+    }
+    let hours = value / 3_600_000_000_000;
+    value %= 3_600_000_000_000;
+    let minutes = value / 60_000_000_000;
+    value %= 60_000_000_000;
+    let seconds = trim_fraction(value, 1_000_000_000);
+    let mut out = String::from(sign);
+    if hours > 0 {
+        out.push_str(&format!("{hours}h"));
+    }
+    if hours > 0 || minutes > 0 {
+        out.push_str(&format!("{minutes}m"));
+    }
+    out.push_str(&format!("{seconds}s"));
+    out
+}
+
+fn trim_fraction(value: u64, divisor: u64) -> String {
+    let whole = value / divisor;
+    let fraction = value % divisor;
+    if fraction == 0 {
+        return whole.to_string();
+    }
+    let digits = divisor.to_string().len() - 1;
+    let text = format!("{fraction:0digits$}");
+    format!("{whole}.{}", text.trim_end_matches('0'))
+}
+
+#[allow(dead_code)]
+fn quote(text: &str) -> String {
+    go_quote(text)
+}

@@ -1,0 +1,930 @@
+//! Dockerfile -> DAG conversion, like BuildKit's `dockerfile2llb`: stages, ARG scoping,
+//! variable expansion per instruction, one op per filesystem change, and each stage's image
+//! config with BuildKit-style history.
+
+mod command;
+mod dispatch;
+mod reference;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+
+use kiln_types::{ImageSpec, Platform, RootFs};
+
+use crate::dag::{self, Definition, DefinitionBuilder, Input, OpMetadata, PrintFormat};
+use crate::error::{closest, Error, Location};
+use crate::resolver::ImageResolver;
+use crate::shell::{Env, Lexer};
+use command::{Command, CommandKind, StageDefinition};
+
+pub use reference::{normalize_reference, ReferenceError};
+
+/// The proxy build args that reach RUN without being declared (and without changing digests).
+pub const PROXY_ARGS: [&str; 10] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// The `PATH` an image without one gets.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What the conversion needs besides the Dockerfile.
+pub struct ConvertOptions<'a> {
+    /// `--build-arg` values.
+    pub build_args: BTreeMap<String, String>,
+    /// `--target`; `None` builds the last stage.
+    pub target: Option<String>,
+    /// The platform to build for; `None` means the build platform.
+    pub target_platform: Option<Platform>,
+    /// The platform the build runs on; `None` means this machine's.
+    pub build_platform: Option<Platform>,
+    /// `.dockerignore` patterns, excluded from every context source.
+    pub dockerignore: Vec<String>,
+    /// Base image configs.
+    pub resolver: &'a dyn ImageResolver,
+    /// The context's client-side name (`context`).
+    pub context_name: String,
+    /// A hostname for RUN, if set.
+    pub hostname: Option<String>,
+}
+
+impl<'a> ConvertOptions<'a> {
+    pub fn new(resolver: &'a dyn ImageResolver) -> Self {
+        ConvertOptions {
+            build_args: BTreeMap::new(),
+            target: None,
+            target_platform: None,
+            build_platform: None,
+            dockerignore: Vec::new(),
+            resolver,
+            context_name: "context".to_string(),
+            hostname: None,
+        }
+    }
+}
+
+/// Where a stage starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StageBase {
+    Scratch,
+    /// A registry image: the reference after expansion, and fully qualified.
+    Image {
+        written: String,
+        reference: String,
+    },
+    /// An earlier stage, by index.
+    Stage(usize),
+}
+
+/// One converted stage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageResult {
+    /// Position in the Dockerfile (0-based).
+    pub index: usize,
+    /// The `AS` name (lower case), if any.
+    pub name: Option<String>,
+    pub base: StageBase,
+    pub platform: Platform,
+    /// The stage's image config with history (no rootfs diff ids: the exporter fills them).
+    pub image: ImageSpec,
+    /// The stage's final filesystem.
+    pub output: Input,
+}
+
+/// The conversion's result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConvertResult {
+    /// Every op the target needs, in topological order.
+    pub definition: Definition,
+    /// The target stage's filesystem.
+    pub target: Input,
+    /// The target's index in `stages`.
+    pub target_stage: usize,
+    /// The converted stages (those the target needs), in Dockerfile order.
+    pub stages: Vec<StageResult>,
+}
+
+impl ConvertResult {
+    /// The target stage.
+    pub fn target_stage(&self) -> &StageResult {
+        &self.stages[self.target_stage]
+    }
+}
+
+/// Prints a result in a `--print-dag` format. Text adds the stages' configs after the ops.
+pub fn render_result(result: &ConvertResult, format: PrintFormat) -> String {
+    match format {
+        PrintFormat::Text => {
+            let mut out = dag::print_text(&result.definition);
+            let position = result
+                .definition
+                .position(&result.target.digest)
+                .map_or_else(String::new, |p| format!("#{p}"));
+            let target = result.target_stage();
+            let _ = writeln!(out, "target: {position} stage {}", stage_label(target));
+            for stage in &result.stages {
+                out.push('\n');
+                render_stage(&mut out, &result.definition, stage);
+            }
+            out
+        }
+        PrintFormat::Dot => dag::print_dot(&result.definition),
+        PrintFormat::Json => {
+            let stages: Vec<serde_json::Value> = result
+                .stages
+                .iter()
+                .map(|stage| {
+                    serde_json::json!({
+                        "index": stage.index,
+                        "name": stage.name,
+                        "platform": stage.platform.to_string(),
+                        "output": stage.output,
+                        "image": stage.image,
+                    })
+                })
+                .collect();
+            let document = serde_json::json!({
+                "ops": result.definition.vertices(),
+                "target": result.target,
+                "stages": stages,
+            });
+            let mut text = serde_json::to_string_pretty(&document).unwrap_or_default();
+            text.push('\n');
+            text
+        }
+    }
+}
+
+fn stage_label(stage: &StageResult) -> String {
+    match &stage.name {
+        Some(name) => format!("{} ({name})", stage.index),
+        None => stage.index.to_string(),
+    }
+}
+
+fn render_stage(out: &mut String, definition: &Definition, stage: &StageResult) {
+    let base = match &stage.base {
+        StageBase::Scratch => "scratch".to_string(),
+        StageBase::Image { reference, .. } => reference.clone(),
+        StageBase::Stage(index) => format!("stage {index}"),
+    };
+    let position = definition
+        .position(&stage.output.digest)
+        .map_or_else(String::new, |p| format!("#{p}"));
+    let _ = writeln!(
+        out,
+        "stage {} from {base} platform={} output={position}",
+        stage_label(stage),
+        stage.platform
+    );
+    let mut image = stage.image.clone();
+    let history = std::mem::take(&mut image.history);
+    let config = serde_json::to_string(&image.config).unwrap_or_default();
+    let _ = writeln!(out, "  config: {config}");
+    if let Some(author) = &image.author {
+        let _ = writeln!(out, "  author: {author}");
+    }
+    for entry in history {
+        let _ = writeln!(
+            out,
+            "  history: {}{}",
+            entry.created_by.unwrap_or_default(),
+            if entry.empty_layer { " (empty)" } else { "" }
+        );
+    }
+}
+
+/// Converts a Dockerfile to its DAG and the target's image config.
+pub fn convert(
+    text: &str,
+    file_name: &str,
+    options: &ConvertOptions<'_>,
+) -> Result<ConvertResult, Error> {
+    if text.trim().is_empty() {
+        return Err(Error::general(file_name, "the Dockerfile cannot be empty"));
+    }
+    let dockerfile = crate::parser::parse(file_name, text)?;
+    let converter = Converter::new(text, file_name, options, Lexer::new(dockerfile.escape));
+    let parsed = command::parse_stages(&dockerfile.nodes)
+        .map_err(|error| converter.error_at(error.line, error.message))?;
+    converter.run(parsed)
+}
+
+/// The state of one stage (or of an image named by `COPY --from` / `--mount from=`).
+#[derive(Debug, Clone)]
+struct StageState {
+    index: usize,
+    name: Option<String>,
+    /// `stage-N` or the name, for progress names.
+    display_name: String,
+    /// The base name after expansion.
+    base_name: String,
+    platform: Option<Platform>,
+    commands: Vec<Command>,
+    start_line: usize,
+    base_stage: Option<usize>,
+    /// Stages read by COPY --from / RUN --mount from=.
+    dependencies: Vec<usize>,
+    /// An image only named by `--from`, not a stage of the file.
+    unregistered: bool,
+    resolved: bool,
+    dispatched: bool,
+    onbuild_initialized: bool,
+    base: StageBase,
+    /// The current filesystem.
+    filesystem: Option<Input>,
+    env: Vec<(String, String)>,
+    cwd: String,
+    user: String,
+    image: ImageSpec,
+    build_args: Vec<(String, Option<String>)>,
+    cmd_set: bool,
+    command_total: usize,
+    command_index: usize,
+}
+
+struct Converter<'a> {
+    lines: Vec<&'a str>,
+    file_name: &'a str,
+    options: &'a ConvertOptions<'a>,
+    lexer: Lexer,
+    target_platform: Platform,
+    build_platform: Platform,
+    global_args: Vec<(String, String)>,
+    states: Vec<StageState>,
+    builder: DefinitionBuilder,
+    /// Proxy values from build args, for RUN (not digested).
+    proxy_env: Vec<String>,
+}
+
+/// An ordered environment where setting a key moves it to the end (BuildKit's `EnvList`).
+pub(crate) fn env_set(env: &mut Vec<(String, String)>, key: &str, value: &str) {
+    env.retain(|(existing, _)| existing != key);
+    env.push((key.to_string(), value.to_string()));
+}
+
+pub(crate) fn env_get<'e>(env: &'e [(String, String)], key: &str) -> Option<&'e str> {
+    env.iter()
+        .rev()
+        .find(|(existing, _)| existing == key)
+        .map(|(_, value)| value.as_str())
+}
+
+/// `Env` over a slice of pairs.
+pub(crate) struct PairsEnv<'e>(pub &'e [(String, String)]);
+
+impl Env for PairsEnv<'_> {
+    fn lookup(&self, name: &str) -> Option<String> {
+        env_get(self.0, name).map(str::to_string)
+    }
+}
+
+impl<'a> Converter<'a> {
+    fn new(
+        text: &'a str,
+        file_name: &'a str,
+        options: &'a ConvertOptions<'a>,
+        lexer: Lexer,
+    ) -> Self {
+        let build_platform = options
+            .build_platform
+            .clone()
+            .unwrap_or_else(Platform::host);
+        let target_platform = options
+            .target_platform
+            .clone()
+            .unwrap_or_else(|| build_platform.clone());
+        let proxy_env = options
+            .build_args
+            .iter()
+            .filter(|(key, _)| PROXY_ARGS.contains(&key.as_str()))
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        Converter {
+            lines: text.lines().collect(),
+            file_name,
+            options,
+            lexer,
+            target_platform,
+            build_platform,
+            global_args: Vec::new(),
+            states: Vec::new(),
+            builder: DefinitionBuilder::new(),
+            proxy_env,
+        }
+    }
+
+    /// An error at a line of the Dockerfile, quoting it.
+    fn error_at(&self, line: usize, message: impl Into<String>) -> Error {
+        let line_text = line
+            .checked_sub(1)
+            .and_then(|index| self.lines.get(index))
+            .map_or("", |text| text.trim_end_matches('\r'));
+        let column = line_text.len() - line_text.trim_start().len() + 1;
+        Error::new(
+            Location {
+                file: self.file_name.to_string(),
+                line,
+                column: if line == 0 { 0 } else { column },
+                line_text: line_text.to_string(),
+            },
+            message,
+        )
+    }
+
+    fn run(mut self, parsed: command::ParsedStages) -> Result<ConvertResult, Error> {
+        if parsed.stages.is_empty() {
+            return Err(Error::general(
+                self.file_name,
+                "dockerfile contains no stages to build",
+            ));
+        }
+        let target_name = match &self.options.target {
+            Some(target) => target.clone(),
+            None => parsed
+                .stages
+                .last()
+                .and_then(|stage| stage.name.clone())
+                .unwrap_or_default(),
+        };
+        self.global_args = default_args(
+            &self.build_platform,
+            &self.target_platform,
+            &self.options.build_args,
+            &target_name,
+        );
+        for (args, line) in &parsed.meta_args {
+            for (key, default) in args {
+                let value = match self.options.build_args.get(key) {
+                    Some(value) => Some(value.clone()),
+                    None => match default {
+                        Some(default) => Some(
+                            self.lexer
+                                .process_word(default, &PairsEnv(&self.global_args))
+                                .map_err(|error| self.error_at(*line, error.to_string()))?
+                                .result,
+                        ),
+                        None => None,
+                    },
+                };
+                if let Some(value) = value {
+                    env_set(&mut self.global_args, key, &value);
+                }
+            }
+        }
+        for (index, stage) in parsed.stages.into_iter().enumerate() {
+            self.add_stage(index, stage)?;
+        }
+        let target = self.resolve_target()?;
+        self.build_dependencies()?;
+        self.check_cycles()?;
+        let reachable = self.resolve_stages(target)?;
+        for index in 0..self.states.len() {
+            if reachable.contains(&index) && !self.states[index].dispatched {
+                self.dispatch_stage(index)?;
+            }
+        }
+        self.finish(target, &reachable)
+    }
+
+    fn add_stage(&mut self, index: usize, stage: StageDefinition) -> Result<(), Error> {
+        let global = PairsEnv(&self.global_args);
+        let base = self
+            .lexer
+            .process_word(&stage.base, &global)
+            .map_err(|error| self.error_at(stage.start_line, error.to_string()))?;
+        if base.result.is_empty() {
+            return Err(self.error_at(
+                stage.start_line,
+                format!("base name ({}) should not be blank", stage.base),
+            ));
+        }
+        let platform = match &stage.platform {
+            None => None,
+            Some(text) => {
+                let expanded = self.lexer.process_word(text, &global).map_err(|error| {
+                    self.error_at(
+                        stage.start_line,
+                        format!("failed to process arguments for platform {text}: {error}"),
+                    )
+                })?;
+                if expanded.result.is_empty() {
+                    return Err(self.error_at(
+                        stage.start_line,
+                        format!("empty platform value from expression {text}"),
+                    ));
+                }
+                Some(Platform::parse(&expanded.result).map_err(|error| {
+                    self.error_at(
+                        stage.start_line,
+                        format!("failed to parse platform {text}: {error}"),
+                    )
+                })?)
+            }
+        };
+        let display_name = stage
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("stage-{index}"));
+        let base_stage = self.find_stage(&base.result);
+        let state = StageState {
+            index,
+            name: stage.name,
+            display_name,
+            base_name: base.result,
+            platform,
+            commands: stage.commands,
+            start_line: stage.start_line,
+            base_stage,
+            dependencies: Vec::new(),
+            unregistered: false,
+            resolved: false,
+            dispatched: false,
+            onbuild_initialized: false,
+            base: StageBase::Scratch,
+            filesystem: None,
+            env: Vec::new(),
+            cwd: "/".into(),
+            user: String::new(),
+            image: ImageSpec::default(),
+            build_args: Vec::new(),
+            cmd_set: false,
+            command_total: 0,
+            command_index: 0,
+        };
+        self.states.push(state);
+        Ok(())
+    }
+
+    /// A stage by name (case-insensitive), among the registered stages so far.
+    fn find_stage(&self, name: &str) -> Option<usize> {
+        let lower = name.to_lowercase();
+        self.states
+            .iter()
+            .rposition(|state| !state.unregistered && state.name.as_deref() == Some(lower.as_str()))
+    }
+
+    fn resolve_target(&self) -> Result<usize, Error> {
+        let Some(target) = &self.options.target else {
+            return Ok(self.states.len() - 1);
+        };
+        self.find_stage(target).ok_or_else(|| {
+            let names: Vec<&str> = self
+                .states
+                .iter()
+                .filter_map(|state| state.name.as_deref())
+                .collect();
+            Error::general(
+                self.file_name,
+                format!("target stage {target:?} could not be found"),
+            )
+            .with_suggestion(closest(target, names.iter().copied()))
+        })
+    }
+
+    /// The stages a command reads (COPY --from, RUN --mount from=), registering images.
+    fn command_sources(&mut self, command: &Command) -> Result<Vec<usize>, Error> {
+        let mut names = Vec::new();
+        match &command.kind {
+            CommandKind::Copy(copy) => {
+                if let Some(from) = &copy.from {
+                    let expanded = self
+                        .lexer
+                        .process_word(from, &crate::shell::NoEnv)
+                        .map_err(|error| self.error_at(command.start_line, error.to_string()))?;
+                    if expanded.result != *from {
+                        return Err(self.error_at(command.start_line, "variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround"));
+                    }
+                    if let Ok(index) = from.parse::<i64>() {
+                        let registered = self
+                            .states
+                            .iter()
+                            .filter(|state| !state.unregistered)
+                            .count();
+                        if index < 0 || index as usize >= registered {
+                            return Err(self.error_at(
+                                command.start_line,
+                                format!("invalid stage index {index}"),
+                            ));
+                        }
+                        return Ok(vec![index as usize]);
+                    }
+                    names.push(from.clone());
+                }
+            }
+            CommandKind::Run(run) => {
+                for mount in &run.mounts {
+                    if let Some(from) = mount_from(mount) {
+                        names.push(from);
+                    }
+                }
+            }
+            _ => {}
+        }
+        let mut sources = Vec::new();
+        for name in names {
+            let index = match self.find_stage(&name) {
+                Some(index) => index,
+                None => self.register_image(&name, command.start_line),
+            };
+            sources.push(index);
+        }
+        Ok(sources)
+    }
+
+    /// A pseudo-stage for an image used only by `--from`.
+    fn register_image(&mut self, name: &str, line: usize) -> usize {
+        if let Some(index) = self
+            .states
+            .iter()
+            .position(|state| state.unregistered && state.base_name == name)
+        {
+            return index;
+        }
+        let index = self.states.len();
+        self.states.push(StageState {
+            index,
+            name: None,
+            display_name: name.to_string(),
+            base_name: name.to_string(),
+            platform: None,
+            commands: Vec::new(),
+            start_line: line,
+            base_stage: None,
+            dependencies: Vec::new(),
+            unregistered: true,
+            resolved: false,
+            dispatched: false,
+            onbuild_initialized: true,
+            base: StageBase::Scratch,
+            filesystem: None,
+            env: Vec::new(),
+            cwd: "/".into(),
+            user: String::new(),
+            image: ImageSpec::default(),
+            build_args: Vec::new(),
+            cmd_set: false,
+            command_total: 0,
+            command_index: 0,
+        });
+        index
+    }
+
+    fn build_dependencies(&mut self) -> Result<(), Error> {
+        for index in 0..self.states.len() {
+            let commands = self.states[index].commands.clone();
+            for command in &commands {
+                let sources = self.command_sources(command)?;
+                let dependencies = &mut self.states[index].dependencies;
+                for source in sources {
+                    if !dependencies.contains(&source) {
+                        dependencies.push(source);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_cycles(&self) -> Result<(), Error> {
+        // 0 = unvisited, 1 = on the stack, 2 = done.
+        fn visit(
+            converter: &Converter<'_>,
+            index: usize,
+            marks: &mut [u8],
+            path: &mut Vec<usize>,
+        ) -> Result<(), Error> {
+            match marks[index] {
+                2 => return Ok(()),
+                1 => {
+                    let start = path.iter().position(|&p| p == index).unwrap_or(0);
+                    let names: Vec<String> = path[start..]
+                        .iter()
+                        .chain(std::iter::once(&index))
+                        .map(|&p| converter.states[p].display_name.clone())
+                        .collect();
+                    let state = &converter.states[path[start]];
+                    return Err(converter.error_at(
+                        state.start_line,
+                        format!(
+                            "circular dependency detected on stage: {}",
+                            names.join(" -> ")
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+            marks[index] = 1;
+            path.push(index);
+            let state = &converter.states[index];
+            for &next in state.base_stage.iter().chain(state.dependencies.iter()) {
+                visit(converter, next, marks, path)?;
+            }
+            path.pop();
+            marks[index] = 2;
+            Ok(())
+        }
+        let mut marks = vec![0u8; self.states.len()];
+        for index in 0..self.states.len() {
+            visit(self, index, &mut marks, &mut Vec::new())?;
+        }
+        Ok(())
+    }
+
+    fn reachable(&self, target: usize) -> HashSet<usize> {
+        let mut seen = HashSet::new();
+        let mut stack = vec![target];
+        while let Some(index) = stack.pop() {
+            if !seen.insert(index) {
+                continue;
+            }
+            let state = &self.states[index];
+            stack.extend(state.base_stage.iter().copied());
+            stack.extend(state.dependencies.iter().copied());
+        }
+        seen
+    }
+
+    /// Resolves base images of the reachable stages and expands ONBUILD triggers, until no
+    /// trigger adds a dependency.
+    fn resolve_stages(&mut self, target: usize) -> Result<HashSet<usize>, Error> {
+        loop {
+            let reachable = self.reachable(target);
+            let mut order: Vec<usize> = reachable.iter().copied().collect();
+            order.sort_unstable();
+            for &index in &order {
+                if self.states[index].base_stage.is_none() && !self.states[index].resolved {
+                    self.resolve_base(index)?;
+                }
+            }
+            let mut new_dependencies = false;
+            for &index in &order {
+                if self.states[index].onbuild_initialized {
+                    continue;
+                }
+                let triggers = self.onbuild_triggers(index, &mut HashSet::new());
+                self.states[index].onbuild_initialized = true;
+                if triggers.is_empty() {
+                    continue;
+                }
+                let line = self.states[index].start_line;
+                let mut commands = Vec::new();
+                for trigger in &triggers {
+                    let parsed = crate::parser::parse(self.file_name, trigger)
+                        .map_err(|error| self.error_at(line, error.message))?;
+                    if parsed.nodes.len() != 1 {
+                        return Err(
+                            self.error_at(line, "onbuild trigger should be a single expression")
+                        );
+                    }
+                    let mut command = command::parse_command(&parsed.nodes[0])
+                        .map_err(|message| self.error_at(line, message))?;
+                    if parsed.nodes[0].keyword == "from" {
+                        return Err(self.error_at(line, "FROM isn't allowed as an ONBUILD trigger"));
+                    }
+                    command.start_line = line;
+                    command.end_line = line;
+                    command.from_onbuild = true;
+                    let sources = self.command_sources(&command)?;
+                    for source in sources {
+                        if !self.states[index].dependencies.contains(&source) {
+                            self.states[index].dependencies.push(source);
+                            new_dependencies = true;
+                        }
+                    }
+                    commands.push(command);
+                }
+                let state = &mut self.states[index];
+                commands.append(&mut state.commands);
+                state.commands = commands;
+            }
+            if new_dependencies {
+                self.check_cycles()?;
+                continue;
+            }
+            return Ok(reachable);
+        }
+    }
+
+    /// The ONBUILD triggers a stage runs first: the base image's (from its config) or the base
+    /// stage's ONBUILD instructions.
+    fn onbuild_triggers(&self, index: usize, seen: &mut HashSet<usize>) -> Vec<String> {
+        let state = &self.states[index];
+        if !seen.insert(index) {
+            return Vec::new();
+        }
+        match state.base_stage {
+            Some(base) => self.states[base]
+                .commands
+                .iter()
+                .filter_map(|command| match &command.kind {
+                    CommandKind::Onbuild(expression) if !command.from_onbuild => {
+                        Some(expression.clone())
+                    }
+                    _ => None,
+                })
+                .collect(),
+            None => state.image.config.on_build.clone().unwrap_or_default(),
+        }
+    }
+
+    fn resolve_base(&mut self, index: usize) -> Result<(), Error> {
+        let line = self.states[index].start_line;
+        let platform = self.states[index]
+            .platform
+            .clone()
+            .unwrap_or_else(|| self.target_platform.clone());
+        let base_name = self.states[index].base_name.clone();
+        self.states[index].resolved = true;
+        if base_name.eq_ignore_ascii_case("scratch") && !base_name.contains('/') {
+            let state = &mut self.states[index];
+            state.base = StageBase::Scratch;
+            state.image = empty_image(&platform);
+            state.platform = Some(platform);
+            return Ok(());
+        }
+        let reference = normalize_reference(&base_name).map_err(|error| {
+            let names: Vec<&str> = self
+                .states
+                .iter()
+                .filter_map(|state| state.name.as_deref())
+                .collect();
+            self.error_at(
+                line,
+                format!("failed to parse stage name {base_name:?}: {error}"),
+            )
+            .with_suggestion(closest(&base_name, names.iter().copied()))
+        })?;
+        let config = self
+            .options
+            .resolver
+            .resolve_config(&reference, &platform)
+            .map_err(|error| self.error_at(line, format!("{base_name}: {error}")))?;
+        let mut image = match config {
+            Some(mut image) => {
+                image.created = None;
+                image.history.clear();
+                image.rootfs = RootFs::layers(Vec::new());
+                if image.config.env.is_none() && platform.os != "windows" {
+                    image.config.env = Some(vec![format!("PATH={DEFAULT_PATH}")]);
+                }
+                image
+            }
+            None => {
+                let mut image = empty_image(&platform);
+                image.config.working_dir = None;
+                image
+            }
+        };
+        if image.os.is_empty() {
+            image.os = platform.os.clone();
+            image.architecture = platform.architecture.clone();
+            image.variant = platform.variant.clone();
+        }
+        let state = &mut self.states[index];
+        state.base = StageBase::Image {
+            written: base_name,
+            reference,
+        };
+        state.image = image;
+        state.platform = Some(platform);
+        Ok(())
+    }
+
+    /// Adds an op, mapping a DAG error to a Dockerfile error at `line`.
+    fn add_op(&mut self, op: dag::Op, metadata: OpMetadata, line: usize) -> Result<Input, Error> {
+        self.builder
+            .add(op, metadata)
+            .map_err(|error| self.error_at(line, error.to_string()))
+    }
+
+    fn finish(self, target: usize, reachable: &HashSet<usize>) -> Result<ConvertResult, Error> {
+        let mut stages = Vec::new();
+        let mut target_stage = 0;
+        let mut roots = Vec::new();
+        for state in &self.states {
+            if state.unregistered || !reachable.contains(&state.index) {
+                continue;
+            }
+            let Some(output) = state.filesystem.clone() else {
+                continue;
+            };
+            if state.index == target {
+                target_stage = stages.len();
+            }
+            roots.push(output.clone());
+            let mut image = state.image.clone();
+            image.config.on_build = image
+                .config
+                .on_build
+                .filter(|triggers| !triggers.is_empty());
+            stages.push(StageResult {
+                index: state.index,
+                name: state.name.clone(),
+                base: match state.base_stage {
+                    Some(base) => StageBase::Stage(base),
+                    None => state.base.clone(),
+                },
+                platform: state
+                    .platform
+                    .clone()
+                    .unwrap_or_else(|| self.target_platform.clone()),
+                image,
+                output,
+            });
+        }
+        let target_output = self.states[target].filesystem.clone().ok_or_else(|| {
+            Error::general(self.file_name, "the target stage produced no filesystem")
+        })?;
+        let definition = self.builder.finish(&[target_output.clone()]);
+        Ok(ConvertResult {
+            definition,
+            target: target_output,
+            target_stage,
+            stages,
+        })
+    }
+}
+
+/// The value of `from=` in a raw `--mount` flag, if any.
+fn mount_from(raw: &str) -> Option<String> {
+    raw.split(',').find_map(|field| {
+        let (key, value) = field.split_once('=')?;
+        (key.trim().eq_ignore_ascii_case("from") && !value.is_empty())
+            .then(|| value.trim_matches('"').to_string())
+    })
+}
+
+/// BuildKit's predefined platform args plus `TARGETSTAGE`.
+fn default_args(
+    build: &Platform,
+    target: &Platform,
+    overrides: &BTreeMap<String, String>,
+    target_stage: &str,
+) -> Vec<(String, String)> {
+    let target_stage = if target_stage.is_empty() {
+        "default"
+    } else {
+        target_stage
+    };
+    let entries = [
+        ("BUILDPLATFORM", build.to_string()),
+        ("BUILDOS", build.os.clone()),
+        (
+            "BUILDOSVERSION",
+            build.os_version.clone().unwrap_or_default(),
+        ),
+        ("BUILDARCH", build.architecture.clone()),
+        ("BUILDVARIANT", build.variant.clone().unwrap_or_default()),
+        ("TARGETPLATFORM", target.to_string()),
+        ("TARGETOS", target.os.clone()),
+        (
+            "TARGETOSVERSION",
+            target.os_version.clone().unwrap_or_default(),
+        ),
+        ("TARGETARCH", target.architecture.clone()),
+        ("TARGETVARIANT", target.variant.clone().unwrap_or_default()),
+        ("TARGETSTAGE", target_stage.to_string()),
+    ];
+    entries
+        .into_iter()
+        .map(|(key, value)| {
+            (
+                key.to_string(),
+                overrides.get(key).cloned().unwrap_or(value),
+            )
+        })
+        .collect()
+}
+
+/// The config of a stage with no image (scratch, or an image the resolver does not know).
+fn empty_image(platform: &Platform) -> ImageSpec {
+    let mut image = ImageSpec {
+        architecture: platform.architecture.clone(),
+        os: platform.os.clone(),
+        variant: platform.variant.clone(),
+        rootfs: RootFs::layers(Vec::new()),
+        ..ImageSpec::default()
+    };
+    image.config.working_dir = Some("/".into());
+    if platform.os != "windows" {
+        image.config.env = Some(vec![format!("PATH={DEFAULT_PATH}")]);
+    }
+    image
+}
+
+/// Keys of a `HashMap`, sorted, for stable messages.
+#[allow(dead_code)]
+fn sorted_keys<V>(map: &HashMap<String, V>) -> Vec<&str> {
+    let mut keys: Vec<&str> = map.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    keys
+}
