@@ -674,6 +674,7 @@ impl Converter<'_> {
         let parsed =
             run_mount::parse_mounts(&expanded_mounts).map_err(|error| error.to_string())?;
         let mut secret_env = Vec::new();
+        let mut ssh_count = 0usize;
         let cwd = self.states[index].cwd.clone();
         for mount in &parsed {
             match mount.mount_type {
@@ -718,10 +719,12 @@ impl Converter<'_> {
                     if mount.source.is_some() {
                         return Err("ssh does not support source".into());
                     }
-                    let target = mount
-                        .target
-                        .clone()
-                        .unwrap_or_else(|| "/run/buildkit/ssh_agent.0".into());
+                    // BuildKit numbers the default sockets in order of the ssh mounts.
+                    let target = match mount.target.clone() {
+                        Some(target) if !target.starts_with("/run/buildkit/ssh_agent.") => target,
+                        _ => format!("/run/buildkit/ssh_agent.{ssh_count}"),
+                    };
+                    ssh_count += 1;
                     mounts.push(Mount {
                         input: None,
                         selector: "/".into(),
