@@ -200,23 +200,113 @@ fn read_in_root(root: &OwnedFd, relative: &str) -> Result<Option<String>> {
     }
 }
 
-/// Records the missing components of a target (relative paths), checked from the host side.
-fn missing_components(root: &OwnedFd, components: &[String]) -> Vec<String> {
-    let mut missing = Vec::new();
-    for depth in 1..=components.len() {
-        let prefix = components[..depth].join("/");
-        match state::open_beneath(root, &prefix, libc::O_PATH) {
-            Ok(_) => continue,
-            Err(error) if error.raw_os_error() == Some(libc::ENOENT) => {
-                for deeper in depth..=components.len() {
-                    missing.push(components[..deeper].join("/"));
-                }
-                break;
+/// Creates the missing components of a mount target inside the rootfs (from the host side, so
+/// that symlinks, dangling ones included, are followed *inside* the root as the container would
+/// see them) and records every entry it created, by its resolved path, for the cleanup.
+fn create_in_root(
+    root: &OwnedFd,
+    components: &[String],
+    last_is_dir: bool,
+    created: &mut Vec<String>,
+) -> Result<()> {
+    let mut resolved: Vec<String> = Vec::new();
+    let mut pending: std::collections::VecDeque<String> = components.iter().cloned().collect();
+    let mut links_followed = 0;
+    let display = format!("/{}", components.join("/"));
+    let failure =
+        |error: io::Error| SandboxError::io(format!("creating mount point {display}"), error);
+    while let Some(component) = pending.pop_front() {
+        match component.as_str() {
+            "" | "." => continue,
+            ".." => {
+                resolved.pop();
+                continue;
             }
-            Err(_) => break,
+            _ => {}
         }
+        let parent_path = if resolved.is_empty() {
+            ".".to_owned()
+        } else {
+            resolved.join("/")
+        };
+        let parent = state::open_beneath(root, &parent_path, libc::O_PATH | libc::O_DIRECTORY)
+            .map_err(failure)?;
+        let name = cstring("mount target", &component)?;
+        // SAFETY: fstatat relative to a directory fd, not following the last component
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        let found = unsafe {
+            libc::fstatat(
+                parent.as_raw_fd(),
+                name.as_ptr(),
+                &mut stat,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if found == 0 {
+            if stat.st_mode & libc::S_IFMT == libc::S_IFLNK {
+                links_followed += 1;
+                if links_followed > 40 {
+                    return Err(failure(io::Error::from_raw_os_error(libc::ELOOP)));
+                }
+                let mut target = vec![0u8; 4096];
+                // SAFETY: readlinkat into a buffer of the given size
+                let length = unsafe {
+                    libc::readlinkat(
+                        parent.as_raw_fd(),
+                        name.as_ptr(),
+                        target.as_mut_ptr().cast(),
+                        target.len(),
+                    )
+                };
+                if length < 0 {
+                    return Err(failure(io::Error::last_os_error()));
+                }
+                target.truncate(length as usize);
+                let target = String::from_utf8_lossy(&target).into_owned();
+                if target.starts_with('/') {
+                    resolved.clear();
+                }
+                for part in target.split('/').rev() {
+                    pending.push_front(part.to_owned());
+                }
+                continue;
+            }
+            resolved.push(component);
+            continue;
+        }
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::ENOENT) {
+            return Err(failure(error));
+        }
+        let make_file = pending.is_empty() && !last_is_dir;
+        // SAFETY: creating one entry inside a directory fd resolved inside the root
+        let result = unsafe {
+            if make_file {
+                let fd = libc::openat(
+                    parent.as_raw_fd(),
+                    name.as_ptr(),
+                    libc::O_CREAT
+                        | libc::O_EXCL
+                        | libc::O_WRONLY
+                        | libc::O_NOFOLLOW
+                        | libc::O_CLOEXEC,
+                    0o644,
+                );
+                if fd >= 0 {
+                    libc::close(fd);
+                }
+                fd
+            } else {
+                libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), 0o755)
+            }
+        };
+        if result < 0 {
+            return Err(failure(io::Error::last_os_error()));
+        }
+        resolved.push(component);
+        created.push(resolved.join("/"));
     }
-    missing
+    Ok(())
 }
 
 fn stub_steps(components: &[String]) -> Result<Vec<StubStep>> {
@@ -424,129 +514,130 @@ impl Sandbox {
         let mut child_side: Vec<OwnedFd> = Vec::new();
         let mut mounts: Vec<PlannedMount> = Vec::new();
         let mut stubs: Vec<String> = Vec::new();
-        let mut add_mount = |target: &str,
-                             target_is_dir: bool,
-                             no_symlinks: bool,
-                             kind: PlannedKind,
-                             stubs: &mut Vec<String>|
-         -> Result<()> {
-            let components = container_components("mount target", target)?;
-            if components.is_empty() {
-                return Err(SandboxError::RelativePath {
-                    what: "mount target (not the root itself)",
-                    path: target.to_owned(),
+        let planning = (|| -> Result<()> {
+            let mut add_mount = |target: &str,
+                                 target_is_dir: bool,
+                                 no_symlinks: bool,
+                                 kind: PlannedKind,
+                                 stubs: &mut Vec<String>|
+             -> Result<()> {
+                let components = container_components("mount target", target)?;
+                if components.is_empty() {
+                    return Err(SandboxError::RelativePath {
+                        what: "mount target (not the root itself)",
+                        path: target.to_owned(),
+                    });
+                }
+                create_in_root(&root, &components, target_is_dir, stubs)?;
+                mounts.push(PlannedMount {
+                    steps: stub_steps(&components)?,
+                    target_is_dir,
+                    no_symlinks,
+                    kind,
                 });
-            }
-            for missing in missing_components(&root, &components) {
-                if !stubs.contains(&missing) {
-                    stubs.push(missing);
-                }
-            }
-            mounts.push(PlannedMount {
-                steps: stub_steps(&components)?,
-                target_is_dir,
-                no_symlinks,
-                kind,
-            });
-            Ok(())
-        };
-        add_mount("/proc", true, true, PlannedKind::Proc, &mut stubs)?;
-        add_mount("/dev", true, true, PlannedKind::Dev, &mut stubs)?;
-        add_mount("/sys", true, true, PlannedKind::Sys, &mut stubs)?;
-
-        let hosts = match (&spec.network_files.hosts, spec.network) {
-            (Some(hosts), _) => hosts.clone(),
-            (None, Network::Host) => std::fs::read("/etc/hosts").unwrap_or_default(),
-            (None, _) => format!(
-                "127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
-                hostname = spec.hostname
-            )
-            .into_bytes(),
-        };
-        let resolv_conf = match &spec.network_files.resolv_conf {
-            Some(contents) => contents.clone(),
-            None => std::fs::read("/etc/resolv.conf").unwrap_or_default(),
-        };
-        let hostname_file = format!("{}\n", spec.hostname).into_bytes();
-        let mut file_count = 0usize;
-        let mut file_mount =
-            |contents: &[u8], mode: u32, resources: &Resources| -> Result<CString> {
-                file_count += 1;
-                let path = resources
-                    .state
-                    .write_file(&format!("file-{file_count}"), contents, mode)
-                    .map_err(|e| SandboxError::io("writing a file mount", e))?;
-                cstring("file mount source", &path.to_string_lossy())
+                Ok(())
             };
-        for (target, contents) in [
-            ("/etc/hostname", &hostname_file),
-            ("/etc/hosts", &hosts),
-            ("/etc/resolv.conf", &resolv_conf),
-        ] {
-            let source = file_mount(contents, 0o644, &resources)?;
-            add_mount(
-                target,
-                false,
-                false,
-                PlannedKind::Bind {
-                    source,
-                    readonly: true,
-                },
-                &mut stubs,
-            )?;
-        }
-        for mount in &spec.mounts {
-            match &mount.kind {
-                MountKind::Bind { source, readonly } => {
-                    let metadata = std::fs::metadata(source).map_err(|e| {
-                        SandboxError::io(
-                            format!("opening bind mount source {}", source.display()),
-                            e,
-                        )
-                    })?;
-                    let source_c = cstring("bind mount source", &source.to_string_lossy())?;
-                    add_mount(
-                        &mount.target,
-                        metadata.is_dir(),
-                        false,
-                        PlannedKind::Bind {
-                            source: source_c,
-                            readonly: *readonly,
-                        },
-                        &mut stubs,
-                    )?;
-                }
-                MountKind::Tmpfs { size_bytes, mode } => {
-                    let mut data = format!("mode={:o}", mode & 0o7777);
-                    if let Some(size) = size_bytes {
-                        data.push_str(&format!(",size={size}"));
+            add_mount("/proc", true, true, PlannedKind::Proc, &mut stubs)?;
+            add_mount("/dev", true, true, PlannedKind::Dev, &mut stubs)?;
+            add_mount("/sys", true, true, PlannedKind::Sys, &mut stubs)?;
+
+            let hosts = match (&spec.network_files.hosts, spec.network) {
+                (Some(hosts), _) => hosts.clone(),
+                (None, Network::Host) => std::fs::read("/etc/hosts").unwrap_or_default(),
+                (None, _) => format!(
+                    "127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+                    hostname = spec.hostname
+                )
+                .into_bytes(),
+            };
+            let resolv_conf = match &spec.network_files.resolv_conf {
+                Some(contents) => contents.clone(),
+                None => std::fs::read("/etc/resolv.conf").unwrap_or_default(),
+            };
+            let hostname_file = format!("{}\n", spec.hostname).into_bytes();
+            let mut file_count = 0usize;
+            let mut file_mount =
+                |contents: &[u8], mode: u32, resources: &Resources| -> Result<CString> {
+                    file_count += 1;
+                    let path = resources
+                        .state
+                        .write_file(&format!("file-{file_count}"), contents, mode)
+                        .map_err(|e| SandboxError::io("writing a file mount", e))?;
+                    cstring("file mount source", &path.to_string_lossy())
+                };
+            for (target, contents) in [
+                ("/etc/hostname", &hostname_file),
+                ("/etc/hosts", &hosts),
+                ("/etc/resolv.conf", &resolv_conf),
+            ] {
+                let source = file_mount(contents, 0o644, &resources)?;
+                add_mount(
+                    target,
+                    false,
+                    false,
+                    PlannedKind::Bind {
+                        source,
+                        readonly: true,
+                    },
+                    &mut stubs,
+                )?;
+            }
+            for mount in &spec.mounts {
+                match &mount.kind {
+                    MountKind::Bind { source, readonly } => {
+                        let metadata = std::fs::metadata(source).map_err(|e| {
+                            SandboxError::io(
+                                format!("opening bind mount source {}", source.display()),
+                                e,
+                            )
+                        })?;
+                        let source_c = cstring("bind mount source", &source.to_string_lossy())?;
+                        add_mount(
+                            &mount.target,
+                            metadata.is_dir(),
+                            false,
+                            PlannedKind::Bind {
+                                source: source_c,
+                                readonly: *readonly,
+                            },
+                            &mut stubs,
+                        )?;
                     }
-                    add_mount(
-                        &mount.target,
-                        true,
-                        false,
-                        PlannedKind::Tmpfs {
-                            data: cstring("tmpfs options", &data)?,
-                        },
-                        &mut stubs,
-                    )?;
-                }
-                MountKind::File { contents, mode } => {
-                    let source = file_mount(contents, *mode, &resources)?;
-                    add_mount(
-                        &mount.target,
-                        false,
-                        false,
-                        PlannedKind::Bind {
-                            source,
-                            readonly: true,
-                        },
-                        &mut stubs,
-                    )?;
+                    MountKind::Tmpfs { size_bytes, mode } => {
+                        let mut data = format!("mode={:o}", mode & 0o7777);
+                        if let Some(size) = size_bytes {
+                            data.push_str(&format!(",size={size}"));
+                        }
+                        add_mount(
+                            &mount.target,
+                            true,
+                            false,
+                            PlannedKind::Tmpfs {
+                                data: cstring("tmpfs options", &data)?,
+                            },
+                            &mut stubs,
+                        )?;
+                    }
+                    MountKind::File { contents, mode } => {
+                        let source = file_mount(contents, *mode, &resources)?;
+                        add_mount(
+                            &mount.target,
+                            false,
+                            false,
+                            PlannedKind::Bind {
+                                source,
+                                readonly: true,
+                            },
+                            &mut stubs,
+                        )?;
+                    }
                 }
             }
-        }
+            Ok(())
+        })();
+        // record the stubs made so far even when planning failed, so they are removed
         resources.record.stubs = stubs;
+        planning?;
         resources
             .state
             .write_record(&resources.record)
