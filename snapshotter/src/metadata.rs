@@ -1,0 +1,346 @@
+//! The metadata database: SQLite in WAL mode, one connection per store handle; every
+//! operation is one short transaction, so several kiln processes share it (see the crate
+//! docs for why SQLite and not redb).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{Result, StoreError};
+
+/// The tables of the metadata database: each maps a text key to a JSON document, so that
+/// records can gain fields without a migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Table {
+    /// `name:tag` -> [`crate::ImageRecord`]
+    Images,
+    /// snapshot id -> [`crate::SnapshotRecord`]
+    Snapshots,
+    /// snapshot key (a chain id or a caller's key) -> snapshot id
+    SnapshotKeys,
+    /// cache key -> [`crate::CacheRecord`]
+    CacheRecords,
+    /// lease id -> [`crate::LeaseRecord`]
+    Leases,
+    /// cache mount id -> [`crate::CacheMountRecord`]
+    CacheMounts,
+    /// store-wide facts (schema version)
+    Info,
+}
+
+impl Table {
+    pub(crate) const ALL: [Table; 7] = [
+        Table::Images,
+        Table::Snapshots,
+        Table::SnapshotKeys,
+        Table::CacheRecords,
+        Table::Leases,
+        Table::CacheMounts,
+        Table::Info,
+    ];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Table::Images => "images",
+            Table::Snapshots => "snapshots",
+            Table::SnapshotKeys => "snapshot_keys",
+            Table::CacheRecords => "cache_records",
+            Table::Leases => "leases",
+            Table::CacheMounts => "cache_mounts",
+            Table::Info => "info",
+        }
+    }
+}
+
+/// The schema version written in the `info` table.
+const SCHEMA_VERSION: u32 = 1;
+
+/// How long a metadata operation waits for another process's transaction before giving up.
+pub(crate) const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The database of one store handle.
+pub(crate) struct Metadata {
+    db_path: PathBuf,
+    connection: Mutex<Connection>,
+    busy_timeout: Duration,
+}
+
+impl Metadata {
+    /// Opens (creating if needed) the database at `root/metadata.db`, checks it can be read
+    /// and creates its tables.
+    pub(crate) fn open(root: &Path, busy_timeout: Duration) -> Result<Self> {
+        let db_path = root.join("metadata.db");
+        let unreadable = |error: rusqlite::Error| classify(&db_path, busy_timeout, error, true);
+        let connection = Connection::open(&db_path).map_err(unreadable)?;
+        connection.busy_timeout(busy_timeout).map_err(unreadable)?;
+        // WAL: readers never wait for the writer; FULL: a commit is on disk when it returns
+        // (kill -9 or power loss leave the last committed state, never half of one).
+        let mode: String = connection
+            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+            .map_err(unreadable)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::MetadataUnreadable {
+                path: db_path,
+                message: format!("journal mode {mode} instead of wal"),
+            });
+        }
+        connection
+            .execute_batch("PRAGMA synchronous = FULL;")
+            .map_err(unreadable)?;
+        let metadata = Metadata {
+            db_path,
+            connection: Mutex::new(connection),
+            busy_timeout,
+        };
+        metadata
+            .write(|txn| {
+                for table in Table::ALL {
+                    txn.txn
+                        .execute_batch(&format!(
+                            "CREATE TABLE IF NOT EXISTS {} (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL)",
+                            table.name()
+                        ))
+                        .map_err(|e| txn.error(e))?;
+                }
+                match txn.get::<u32>(Table::Info, "schema_version")? {
+                    None => txn.put(Table::Info, "schema_version", &SCHEMA_VERSION)?,
+                    Some(version) if version == SCHEMA_VERSION => {}
+                    Some(version) => {
+                        return Err(StoreError::MetadataUnreadable {
+                            path: txn.path.to_path_buf(),
+                            message: format!(
+                                "schema version {version}, this kiln knows {SCHEMA_VERSION}"
+                            ),
+                        })
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|error| match error {
+                StoreError::Metadata { path, message } => {
+                    StoreError::MetadataUnreadable { path, message }
+                }
+                other => other,
+            })?;
+        Ok(metadata)
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.db_path
+    }
+
+    /// Runs `operation` in a read transaction: a consistent snapshot of committed records,
+    /// which never waits for writers.
+    pub(crate) fn read<T>(&self, operation: impl FnOnce(&ReadTxn<'_>) -> Result<T>) -> Result<T> {
+        let mut connection = self
+            .connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let txn = connection
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .map_err(|e| classify(&self.db_path, self.busy_timeout, e, false))?;
+        let value = operation(&ReadTxn {
+            txn: &txn,
+            path: &self.db_path,
+        })?;
+        txn.commit()
+            .map_err(|e| classify(&self.db_path, self.busy_timeout, e, false))?;
+        Ok(value)
+    }
+
+    /// Runs `operation` in a write transaction and commits it durably if it succeeds. The
+    /// database's write lock is held (against every process) for the whole call, so the
+    /// operation may also rename or unlink files that must change together with the records.
+    pub(crate) fn write<T>(
+        &self,
+        operation: impl FnOnce(&mut WriteTxn<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut connection = self
+            .connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let txn = connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| classify(&self.db_path, self.busy_timeout, e, false))?;
+        let mut write = WriteTxn {
+            txn: &txn,
+            path: &self.db_path,
+        };
+        let value = operation(&mut write)?;
+        txn.commit()
+            .map_err(|e| classify(&self.db_path, self.busy_timeout, e, false))?;
+        Ok(value)
+    }
+}
+
+/// Turns an SQLite error into the store's: busy, unreadable (corrupt, not a database) or
+/// another failure.
+fn classify(
+    path: &Path,
+    busy_timeout: Duration,
+    error: rusqlite::Error,
+    opening: bool,
+) -> StoreError {
+    if let rusqlite::Error::SqliteFailure(failure, _) = &error {
+        match failure.code {
+            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => {
+                return StoreError::MetadataBusy {
+                    path: path.to_path_buf(),
+                    waited_seconds: busy_timeout.as_secs(),
+                }
+            }
+            ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt => {
+                return StoreError::MetadataUnreadable {
+                    path: path.to_path_buf(),
+                    message: error.to_string(),
+                }
+            }
+            _ => {}
+        }
+    }
+    if opening {
+        StoreError::MetadataUnreadable {
+            path: path.to_path_buf(),
+            message: error.to_string(),
+        }
+    } else {
+        StoreError::Metadata {
+            path: path.to_path_buf(),
+            message: error.to_string(),
+        }
+    }
+}
+
+/// Reading records: shared by read and write transactions.
+pub(crate) trait Records {
+    fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>>;
+    fn list<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<(String, T)>>;
+}
+
+fn decode<T: DeserializeOwned>(table: Table, key: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::RecordCorrupt {
+        table: table.name(),
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}
+
+fn sql_error(path: &Path, error: rusqlite::Error) -> StoreError {
+    classify(path, Duration::ZERO, error, false)
+}
+
+fn get_from<T: DeserializeOwned>(
+    connection: &Connection,
+    table: Table,
+    key: &str,
+    path: &Path,
+) -> Result<Option<T>> {
+    let bytes: Option<Vec<u8>> = connection
+        .prepare_cached(&format!(
+            "SELECT value FROM {} WHERE key = ?1",
+            table.name()
+        ))
+        .and_then(|mut statement| statement.query_row([key], |row| row.get(0)).optional())
+        .map_err(|e| sql_error(path, e))?;
+    match bytes {
+        Some(bytes) => decode(table, key, &bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn list_from<T: DeserializeOwned>(
+    connection: &Connection,
+    table: Table,
+    path: &Path,
+) -> Result<Vec<(String, T)>> {
+    let rows: Vec<(String, Vec<u8>)> = connection
+        .prepare_cached(&format!(
+            "SELECT key, value FROM {} ORDER BY key",
+            table.name()
+        ))
+        .and_then(|mut statement| {
+            statement
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect()
+        })
+        .map_err(|e| sql_error(path, e))?;
+    rows.into_iter()
+        .map(|(key, bytes)| {
+            let record = decode(table, &key, &bytes)?;
+            Ok((key, record))
+        })
+        .collect()
+}
+
+/// A read transaction: a consistent view of committed records.
+pub(crate) struct ReadTxn<'a> {
+    txn: &'a rusqlite::Transaction<'a>,
+    path: &'a Path,
+}
+
+impl Records for ReadTxn<'_> {
+    fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>> {
+        get_from(self.txn, table, key, self.path)
+    }
+
+    fn list<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<(String, T)>> {
+        list_from(self.txn, table, self.path)
+    }
+}
+
+/// A write transaction: changes become visible to others all at once on commit.
+pub(crate) struct WriteTxn<'a> {
+    txn: &'a rusqlite::Transaction<'a>,
+    path: &'a Path,
+}
+
+impl WriteTxn<'_> {
+    fn error(&self, error: rusqlite::Error) -> StoreError {
+        sql_error(self.path, error)
+    }
+
+    /// Inserts or replaces a record.
+    pub(crate) fn put<T: Serialize + ?Sized>(
+        &mut self,
+        table: Table,
+        key: &str,
+        value: &T,
+    ) -> Result<()> {
+        let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Metadata {
+            path: self.path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        self.txn
+            .prepare_cached(&format!(
+                "INSERT INTO {} (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                table.name()
+            ))
+            .and_then(|mut statement| statement.execute(rusqlite::params![key, bytes]))
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    /// Removes a record; whether it was there.
+    pub(crate) fn remove(&mut self, table: Table, key: &str) -> Result<bool> {
+        let changed = self
+            .txn
+            .prepare_cached(&format!("DELETE FROM {} WHERE key = ?1", table.name()))
+            .and_then(|mut statement| statement.execute([key]))
+            .map_err(|e| self.error(e))?;
+        Ok(changed > 0)
+    }
+}
+
+impl Records for WriteTxn<'_> {
+    fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>> {
+        get_from(self.txn, table, key, self.path)
+    }
+
+    fn list<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<(String, T)>> {
+        list_from(self.txn, table, self.path)
+    }
+}

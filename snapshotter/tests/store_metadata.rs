@@ -1,0 +1,246 @@
+//! Metadata: image records, cache records, corrupt database, many threads and processes.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod store_support;
+
+use kiln_snapshotter::{CacheRecord, Store, StoreError};
+use kiln_types::{media_type, Descriptor, Digest};
+use store_support::{current_role, RoleChild, TestRoot};
+
+fn stored_descriptor(store: &Store, bytes: &[u8]) -> Descriptor {
+    let lease = store.lease("test").unwrap();
+    let (digest, size) = store.content().put_bytes(&lease, bytes, None).unwrap();
+    Descriptor::new(media_type::OCI_MANIFEST, digest, size)
+}
+
+#[test]
+fn image_records_tag_resolve_and_remove() {
+    let root = TestRoot::new();
+    let store = Store::open(root.path()).unwrap();
+    let first = stored_descriptor(&store, b"{\"manifest\":1}");
+    let second = stored_descriptor(&store, b"{\"manifest\":2}");
+    store.put_image("docker.io/library/app:1", &first).unwrap();
+    store.put_image("docker.io/library/app:2", &second).unwrap();
+    assert_eq!(
+        store
+            .image("docker.io/library/app:1")
+            .unwrap()
+            .unwrap()
+            .target,
+        first
+    );
+    assert!(store.image("docker.io/library/app:3").unwrap().is_none());
+
+    // By full digest, by unique prefix, and ambiguity.
+    assert_eq!(
+        store.resolve_image(first.digest.as_str()).unwrap().target,
+        first
+    );
+    assert_eq!(
+        store
+            .resolve_image(&first.digest.hex()[..12])
+            .unwrap()
+            .target,
+        first
+    );
+    let tagged = store
+        .tag_image("docker.io/library/app:1", "mine:latest")
+        .unwrap();
+    assert_eq!(tagged.target, first);
+    // Two names of one digest are not ambiguous.
+    assert_eq!(
+        store
+            .resolve_image(&first.digest.hex()[..8])
+            .unwrap()
+            .target,
+        first
+    );
+    assert!(matches!(
+        store.resolve_image("nothing:here"),
+        Err(StoreError::ImageNotFound { .. })
+    ));
+    let names: Vec<String> = store
+        .images()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "docker.io/library/app:1",
+            "docker.io/library/app:2",
+            "mine:latest"
+        ]
+    );
+    assert!(store.remove_image("mine:latest").unwrap());
+    assert!(!store.remove_image("mine:latest").unwrap());
+    assert_eq!(store.images().unwrap().len(), 2);
+
+    // A tag needs its blob.
+    let missing = Descriptor::new(media_type::OCI_MANIFEST, Digest::of_bytes(b"nope"), 4);
+    assert!(matches!(
+        store.put_image("x:y", &missing),
+        Err(StoreError::BlobNotFound { .. })
+    ));
+
+    // Records survive reopening.
+    drop(store);
+    let store = Store::open(root.path()).unwrap();
+    assert_eq!(store.images().unwrap().len(), 2);
+}
+
+#[test]
+fn cache_records_round_trip_and_check_references() {
+    let root = TestRoot::new();
+    let store = Store::open(root.path()).unwrap();
+    let blob = stored_descriptor(&store, b"layer");
+    let record = CacheRecord {
+        snapshots: vec![],
+        blobs: vec![blob.digest.clone()],
+        cache_mounts: vec![],
+        data: serde_json::json!({"solver": "defined", "n": 1}),
+        created_unix: 0,
+    };
+    store.put_cache_record("key-1", &record).unwrap();
+    let stored = store.cache_record("key-1").unwrap().unwrap();
+    assert_eq!(stored.data, record.data);
+    assert!(stored.created_unix > 0);
+    assert_eq!(store.cache_records().unwrap().len(), 1);
+    let dangling = CacheRecord {
+        blobs: vec![Digest::of_bytes(b"absent")],
+        ..record.clone()
+    };
+    assert!(store.put_cache_record("key-2", &dangling).is_err());
+    let bad_snapshot: CacheRecord = serde_json::from_value(serde_json::json!({
+        "snapshots": ["0123456789ab"]
+    }))
+    .unwrap();
+    assert!(matches!(
+        store.put_cache_record("key-3", &bad_snapshot),
+        Err(StoreError::SnapshotNotFound { .. })
+    ));
+    assert!(serde_json::from_value::<CacheRecord>(serde_json::json!({
+        "snapshots": ["../../../etc"]
+    }))
+    .is_err());
+    assert!(store.remove_cache_record("key-1").unwrap());
+    assert!(store.cache_record("key-1").unwrap().is_none());
+}
+
+/// HOSTILE-INPUTS C4: a database that cannot be opened is a clear error and blobs stay.
+#[test]
+fn corrupt_database_is_a_clear_error_and_keeps_blobs() {
+    let root = TestRoot::new();
+    let store = Store::open(root.path()).unwrap();
+    let blob = stored_descriptor(&store, b"precious");
+    drop(store);
+    let database = root.path().join("metadata.db");
+    let mut bytes = std::fs::read(&database).unwrap();
+    for byte in bytes.iter_mut().take(4096) {
+        *byte ^= 0x5a;
+    }
+    std::fs::write(&database, &bytes).unwrap();
+    let error = Store::open(root.path()).unwrap_err();
+    eprintln!("{error}");
+    assert!(
+        matches!(error, StoreError::MetadataUnreadable { .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("metadata.db"));
+    assert!(root
+        .path()
+        .join("content/blobs/sha256")
+        .join(blob.digest.hex())
+        .is_file());
+    // Moving the file away gives a fresh, working store with the blobs still there.
+    std::fs::rename(&database, root.path().join("metadata.db.broken")).unwrap();
+    let store = Store::open(root.path()).unwrap();
+    assert!(store.content().exists(&blob.digest));
+}
+
+#[test]
+fn many_threads_and_processes_write_records() {
+    if current_role().is_some() {
+        return;
+    }
+    let root = TestRoot::new();
+    let store = Store::open(root.path()).unwrap();
+    let blob = stored_descriptor(&store, b"shared");
+    let mut children: Vec<RoleChild> = (0..3)
+        .map(|index| {
+            RoleChild::spawn(
+                "role_writer",
+                "writer",
+                root.path(),
+                &[
+                    ("KILN_STORE_TEST_INDEX", index.to_string()),
+                    ("KILN_STORE_TEST_BLOB", blob.digest.to_string()),
+                ],
+            )
+        })
+        .collect();
+    let handles: Vec<_> = (0..4)
+        .map(|thread| {
+            let store = store.clone();
+            let blob = blob.clone();
+            std::thread::spawn(move || {
+                for round in 0..25 {
+                    store
+                        .put_image(&format!("thread{thread}:{round}"), &blob)
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    for child in &mut children {
+        assert!(child.wait_success());
+    }
+    assert_eq!(store.images().unwrap().len(), 4 * 25 + 3 * 25);
+}
+
+#[test]
+fn role_writer() {
+    let Some((role, root)) = current_role() else {
+        return;
+    };
+    assert_eq!(role, "writer");
+    let index: usize = std::env::var("KILN_STORE_TEST_INDEX")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let digest = Digest::parse(&std::env::var("KILN_STORE_TEST_BLOB").unwrap()).unwrap();
+    let store = Store::open(&root).unwrap();
+    let descriptor = Descriptor::new(
+        media_type::OCI_MANIFEST,
+        digest.clone(),
+        store.content().size(&digest).unwrap(),
+    );
+    for round in 0..25 {
+        store
+            .put_image(&format!("process{index}:{round}"), &descriptor)
+            .unwrap();
+    }
+}
+
+/// A figure for the report: one metadata transaction (open redb, write, commit, close).
+#[test]
+fn transaction_cost_figure() {
+    let root = TestRoot::new();
+    let store = Store::open(root.path()).unwrap();
+    let blob = stored_descriptor(&store, b"timing");
+    let started = std::time::Instant::now();
+    for round in 0..200 {
+        store.put_image(&format!("t:{round}"), &blob).unwrap();
+    }
+    let write = started.elapsed() / 200;
+    let started = std::time::Instant::now();
+    for round in 0..200 {
+        store.image(&format!("t:{round}")).unwrap().unwrap();
+    }
+    let read = started.elapsed() / 200;
+    eprintln!("metadata write transaction: {write:?}, read transaction: {read:?}");
+}
