@@ -81,17 +81,23 @@ pub fn closest<'a>(input: &str, candidates: impl IntoIterator<Item = &'a str>) -
         .then(|| candidate.to_string())
 }
 
-/// Levenshtein distance over chars.
+/// Levenshtein distance over chars, counting a swap of two adjacent chars (`cpoy`) as one edit.
 pub fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
+    let mut before_previous: Vec<usize> = vec![0; b.len() + 1];
     let mut previous: Vec<usize> = (0..=b.len()).collect();
     let mut current = vec![0; b.len() + 1];
-    for (i, ca) in a.chars().enumerate() {
+    for (i, ca) in a.iter().enumerate() {
         current[0] = i + 1;
         for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
+            let cost = usize::from(ca != cb);
             current[j + 1] = (previous[j] + cost).min(previous[j + 1] + 1).min(current[j] + 1);
+            if i > 0 && j > 0 && *ca == b[j - 1] && a[i - 1] == *cb {
+                current[j + 1] = current[j + 1].min(before_previous[j - 1] + 1);
+            }
         }
+        std::mem::swap(&mut before_previous, &mut previous);
         std::mem::swap(&mut previous, &mut current);
     }
     previous[b.len()]
@@ -106,6 +112,9 @@ mod tests {
         assert_eq!(closest("RUNN", ["RUN", "COPY", "FROM"]), Some("RUN".into()));
         assert_eq!(closest("build", ["builder", "final"]), Some("builder".into()));
         assert_eq!(closest("zzzzzz", ["RUN", "COPY"]), None);
+        assert_eq!(closest("cpoy", ["RUN", "COPY"]), Some("COPY".into()));
+        assert_eq!(edit_distance("hots", "host"), 1);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
     #[test]

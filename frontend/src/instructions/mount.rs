@@ -74,15 +74,17 @@ pub struct Mount {
     pub from: Option<String>,
     /// `source=`: a path inside `from` (bind, cache) or the secret id (secret).
     pub source: Option<String>,
-    /// Where it is mounted, as written (a relative target is relative to the working
-    /// directory). Filled for secrets (`/run/secrets/<id>`) and ssh
-    /// (`/run/buildkit/ssh_agent.N`); `None` only for a secret exposed as an env variable only.
+    /// Where it is mounted, as written: a relative target is relative to the working directory
+    /// and `None` for bind, cache and tmpfs means the working directory itself (as BuildKit;
+    /// the converter must then reject a working directory of `/`). Filled for secrets
+    /// (`/run/secrets/<id>`) and ssh (`/run/buildkit/ssh_agent.N`); `None` for a secret only
+    /// when it is exposed as an environment variable.
     pub target: Option<String>,
     /// Read-only: defaults to true for bind, secret and ssh, false for cache and tmpfs.
     pub read_only: bool,
     /// `size=` of a tmpfs, in bytes.
     pub size_limit: Option<u64>,
-    /// The id: cache id (defaults to the cleaned target), secret id (source, id, or the target's
+    /// The id: cache id (defaults to the cleaned target, `.` without one), secret id (source, id, or the target's
     /// base name), ssh id (defaults to `default`).
     pub id: Option<String>,
     /// Cache sharing mode; `Some` only for cache mounts (default shared).
@@ -135,8 +137,6 @@ pub enum MountError {
     },
     #[error("invalid cache sharing set for {mount_type} mount")]
     SharingNotForType { mount_type: MountType },
-    #[error("mount type {mount_type} requires a target")]
-    MissingTarget { mount_type: MountType },
     #[error("invalid mount target \"/\"")]
     RootTarget,
     #[error("'from' doesn't support variable expansion, define alias stage instead")]
@@ -187,7 +187,7 @@ pub fn parse_mounts<S: AsRef<str>>(values: &[S]) -> Result<Vec<Mount>, MountErro
     let mut mounts = Vec::with_capacity(values.len());
     let mut ssh_count = 0;
     for value in values {
-        let mut mount = parse_mount(value.as_ref())?;
+        let mut mount = parse_mount_without_socket(value.as_ref())?;
         if mount.mount_type == MountType::Ssh {
             if mount.target.is_none() {
                 mount.target = Some(format!("/run/buildkit/ssh_agent.{ssh_count}"));
@@ -202,6 +202,15 @@ pub fn parse_mounts<S: AsRef<str>>(values: &[S]) -> Result<Vec<Mount>, MountErro
 /// Parses one `--mount` value (already expanded). An ssh mount without a target gets
 /// `/run/buildkit/ssh_agent.0`; use [`parse_mounts`] to number several.
 pub fn parse_mount(expanded: &str) -> Result<Mount, MountError> {
+    let mut mount = parse_mount_without_socket(expanded)?;
+    if mount.mount_type == MountType::Ssh && mount.target.is_none() {
+        mount.target = Some("/run/buildkit/ssh_agent.0".to_string());
+    }
+    Ok(mount)
+}
+
+/// [`parse_mount`] leaving an ssh mount without a target at `None`, for numbering.
+fn parse_mount_without_socket(expanded: &str) -> Result<Mount, MountError> {
     let fields = split_csv(expanded).map_err(|reason| MountError::Csv { reason })?;
     let mut mount = Mount {
         mount_type: MountType::Bind,
@@ -362,16 +371,20 @@ fn validate_and_fill(mut mount: Mount, read_only_given: bool) -> Result<Mount, M
     }
     match kind {
         MountType::Bind | MountType::Cache | MountType::Tmpfs => {
-            let Some(target) = &mount.target else {
-                return Err(MountError::MissingTarget { mount_type: kind });
-            };
-            if crate::dockerignore::clean_path(target) == "/" {
+            // No target is allowed, as in BuildKit: the mount goes on the working directory.
+            if mount
+                .target
+                .as_deref()
+                .is_some_and(|target| crate::dockerignore::clean_path(target) == "/")
+            {
                 return Err(MountError::RootTarget);
             }
             if kind == MountType::Cache {
                 mount.sharing = Some(mount.sharing.unwrap_or_default());
                 if mount.id.as_deref().unwrap_or("").is_empty() {
-                    mount.id = Some(crate::dockerignore::clean_path(target));
+                    mount.id = Some(crate::dockerignore::clean_path(
+                        mount.target.as_deref().unwrap_or(""),
+                    ));
                 }
             }
         }
@@ -412,9 +425,6 @@ fn validate_and_fill(mut mount: Mount, read_only_given: bool) -> Result<Mount, M
             }
             if mount.id.as_deref().unwrap_or("").is_empty() {
                 mount.id = Some("default".to_string());
-            }
-            if mount.target.is_none() {
-                mount.target = Some("/run/buildkit/ssh_agent.0".to_string());
             }
         }
     }
