@@ -578,3 +578,83 @@ fn hostile_patterns_do_not_blow_up() {
     assert!(DockerIgnore::parse("\\").is_err());
     assert!(DockerIgnore::parse("!!\n\u{0}\n").is_ok());
 }
+
+/// A small deterministic generator, so the randomized test needs no dependency.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, bound: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) as usize) % bound
+    }
+}
+
+#[test]
+fn randomized_patterns_agree_across_apis_and_skips_are_sound() {
+    let pieces = [
+        "a", "b", "ab", "*", "?", "**", "/", "[ab]", "[^a]", "\\*", "[", "\\", "!", ".",
+    ];
+    let names = ["a", "b", "ab", "*"];
+    let mut random = Lcg(7);
+    // Every path of up to three names.
+    let mut paths: Vec<String> = Vec::new();
+    for first in names {
+        paths.push(first.to_string());
+        for second in names {
+            paths.push(format!("{first}/{second}"));
+            for third in names {
+                paths.push(format!("{first}/{second}/{third}"));
+            }
+        }
+    }
+    let mut compiled = 0;
+    for _ in 0..120 {
+        let count = 1 + random.below(3);
+        let patterns: Vec<String> = (0..count)
+            .map(|_| {
+                let length = 1 + random.below(4);
+                (0..length)
+                    .map(|_| pieces[random.below(pieces.len())])
+                    .collect()
+            })
+            .collect();
+        let Ok(matcher) = PatternMatcher::new(&patterns) else {
+            continue;
+        };
+        compiled += 1;
+        for path in &paths {
+            let expected = matcher.matches(path);
+            assert_eq!(
+                walk_matches(&matcher, path),
+                expected,
+                "{patterns:?} on {path:?}"
+            );
+            if matcher.can_skip_matched_dir(path) {
+                for below in paths
+                    .iter()
+                    .filter(|other| other.starts_with(&format!("{path}/")))
+                {
+                    assert!(
+                        matcher.matches(below),
+                        "{patterns:?}: skipped matched {path:?} but {below:?} is not matched"
+                    );
+                }
+            }
+            if matcher.can_skip_unmatched_dir(path) {
+                for below in paths
+                    .iter()
+                    .filter(|other| other.starts_with(&format!("{path}/")))
+                {
+                    assert!(
+                        !matcher.matches(below),
+                        "{patterns:?}: skipped unmatched {path:?} but {below:?} is matched"
+                    );
+                }
+            }
+        }
+    }
+    assert!(compiled > 40, "only {compiled} pattern sets compiled");
+}
