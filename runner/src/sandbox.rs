@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::cgroup::{CgroupManager, CgroupMode, SandboxCgroup};
 use crate::child::{self, ChildPlan, PlannedKind, PlannedMount, Stage, StubStep, ERROR_RECORD_LEN};
 use crate::spec::*;
-use crate::state::{self, StateDirectory, StateRecord};
+use crate::state::{self, StateDirectory, StateRecord, Stub};
 use crate::user::{resolve_user, ResolvedUser};
 use crate::{Result, SandboxError};
 
@@ -200,15 +200,29 @@ fn read_in_root(root: &OwnedFd, relative: &str) -> Result<Option<String>> {
     }
 }
 
+/// Stubs made by live sandboxes of this process, keyed by (rootfs, path), with their user count
+/// and the times to restore on their parent. Two sandboxes on the same rootfs share a stub; it is
+/// removed when the last one ends (deleting a mount point in one mount namespace would unmount
+/// it in the others).
+type StubRegistry = std::collections::HashMap<(PathBuf, String), (usize, Option<[i64; 4]>)>;
+
+fn stub_registry() -> &'static Mutex<StubRegistry> {
+    static REGISTRY: OnceLock<Mutex<StubRegistry>> = OnceLock::new();
+    REGISTRY.get_or_init(|| Mutex::new(StubRegistry::new()))
+}
+
 /// Creates the missing components of a mount target inside the rootfs (from the host side, so
 /// that symlinks, dangling ones included, are followed *inside* the root as the container would
 /// see them) and records every entry it created, by its resolved path, for the cleanup.
 fn create_in_root(
     root: &OwnedFd,
+    rootfs: &Path,
+    registry: &mut StubRegistry,
     components: &[String],
     last_is_dir: bool,
-    created: &mut Vec<String>,
+    created: &mut Vec<Stub>,
 ) -> Result<()> {
+    let mut races = 0;
     let mut resolved: Vec<String> = Vec::new();
     let mut pending: std::collections::VecDeque<String> = components.iter().cloned().collect();
     let mut links_followed = 0;
@@ -272,6 +286,18 @@ fn create_in_root(
                 continue;
             }
             resolved.push(component);
+            // a stub another live sandbox made: share it (removed when the last user is done)
+            let path = resolved.join("/");
+            let key = (rootfs.to_path_buf(), path.clone());
+            if !created.iter().any(|stub| stub.path == path) {
+                if let Some((users, parent_times)) = registry.get_mut(&key) {
+                    *users += 1;
+                    created.push(Stub {
+                        path,
+                        parent_times: *parent_times,
+                    });
+                }
+            }
             continue;
         }
         let error = io::Error::last_os_error();
@@ -279,6 +305,23 @@ fn create_in_root(
             return Err(failure(error));
         }
         let make_file = pending.is_empty() && !last_is_dir;
+        let parent_is_ours = created.iter().any(|stub| stub.path == parent_path);
+        let parent_times = if parent_is_ours {
+            None
+        } else {
+            // SAFETY: fstat of an O_PATH fd into a local
+            let mut parent_stat: libc::stat = unsafe { std::mem::zeroed() };
+            if unsafe { libc::fstat(parent.as_raw_fd(), &mut parent_stat) } == 0 {
+                Some([
+                    parent_stat.st_atime,
+                    parent_stat.st_atime_nsec,
+                    parent_stat.st_mtime,
+                    parent_stat.st_mtime_nsec,
+                ])
+            } else {
+                None
+            }
+        };
         // SAFETY: creating one entry inside a directory fd resolved inside the root
         let result = unsafe {
             if make_file {
@@ -301,10 +344,19 @@ fn create_in_root(
             }
         };
         if result < 0 {
-            return Err(failure(io::Error::last_os_error()));
+            let error = io::Error::last_os_error();
+            // made by someone else meanwhile: look again
+            if error.raw_os_error() == Some(libc::EEXIST) && races < 10 {
+                races += 1;
+                pending.push_front(component);
+                continue;
+            }
+            return Err(failure(error));
         }
         resolved.push(component);
-        created.push(resolved.join("/"));
+        let path = resolved.join("/");
+        registry.insert((rootfs.to_path_buf(), path.clone()), (1, parent_times));
+        created.push(Stub { path, parent_times });
     }
     Ok(())
 }
@@ -389,8 +441,25 @@ impl Resources {
                 first_error.get_or_insert(error);
             }
         }
-        if let Err(error) = state::remove_stubs(&self.record.rootfs, &self.record.stubs) {
-            first_error.get_or_insert(error);
+        if !self.record.stubs.is_empty() {
+            let mut registry = stub_registry()
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut unused = Vec::new();
+            for stub in &self.record.stubs {
+                let key = (self.record.rootfs.clone(), stub.path.clone());
+                match registry.get_mut(&key) {
+                    Some((users, _)) if *users > 1 => *users -= 1,
+                    Some(_) => {
+                        registry.remove(&key);
+                        unused.push(stub.clone());
+                    }
+                    None => unused.push(stub.clone()),
+                }
+            }
+            if let Err(error) = state::remove_stubs(&self.record.rootfs, &unused) {
+                first_error.get_or_insert(error);
+            }
         }
         self.record.stubs.clear();
         if let Err(error) = self.state.remove() {
@@ -513,13 +582,16 @@ impl Sandbox {
         // the mount plan: system mounts, network files, caller mounts
         let mut child_side: Vec<OwnedFd> = Vec::new();
         let mut mounts: Vec<PlannedMount> = Vec::new();
-        let mut stubs: Vec<String> = Vec::new();
+        let mut stubs: Vec<Stub> = Vec::new();
+        let mut registry = stub_registry()
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let planning = (|| -> Result<()> {
             let mut add_mount = |target: &str,
                                  target_is_dir: bool,
                                  no_symlinks: bool,
                                  kind: PlannedKind,
-                                 stubs: &mut Vec<String>|
+                                 stubs: &mut Vec<Stub>|
              -> Result<()> {
                 let components = container_components("mount target", target)?;
                 if components.is_empty() {
@@ -528,7 +600,14 @@ impl Sandbox {
                         path: target.to_owned(),
                     });
                 }
-                create_in_root(&root, &components, target_is_dir, stubs)?;
+                create_in_root(
+                    &root,
+                    &spec.rootfs,
+                    &mut registry,
+                    &components,
+                    target_is_dir,
+                    stubs,
+                )?;
                 mounts.push(PlannedMount {
                     steps: stub_steps(&components)?,
                     target_is_dir,
@@ -635,6 +714,7 @@ impl Sandbox {
             }
             Ok(())
         })();
+        drop(registry);
         // record the stubs made so far even when planning failed, so they are removed
         resources.record.stubs = stubs;
         planning?;

@@ -19,8 +19,19 @@ pub(crate) struct StateRecord {
     pub id: String,
     pub rootfs: PathBuf,
     /// Mount-point stubs relative to the rootfs, in creation order (parents first).
-    pub stubs: Vec<String>,
+    pub stubs: Vec<Stub>,
     pub cgroups: Vec<PathBuf>,
+}
+
+/// One entry kiln created in the rootfs as a mount point.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Stub {
+    /// Path relative to the rootfs (symlinks already resolved).
+    pub path: String,
+    /// `[atime_sec, atime_nsec, mtime_sec, mtime_nsec]` of its parent before the stub was made,
+    /// when the parent already existed: restored after the stub is removed, so the parent does
+    /// not look modified in the layer diff (on overlayfs it was copied up).
+    pub parent_times: Option<[i64; 4]>,
 }
 
 /// A sandbox's directory in the state dir, locked while the sandbox lives.
@@ -137,7 +148,7 @@ pub(crate) fn open_beneath(root: &OwnedFd, relative: &str, flags: i32) -> io::Re
 
 /// Removes stub mount points (deepest first) that are still empty, re-resolving each parent inside
 /// the rootfs so that a symlink planted by the container is never followed (CVE-2024-23652).
-pub(crate) fn remove_stubs(rootfs: &Path, stubs: &[String]) -> io::Result<()> {
+pub(crate) fn remove_stubs(rootfs: &Path, stubs: &[Stub]) -> io::Result<()> {
     if stubs.is_empty() {
         return Ok(());
     }
@@ -147,9 +158,9 @@ pub(crate) fn remove_stubs(rootfs: &Path, stubs: &[String]) -> io::Result<()> {
         Err(error) => return Err(error),
     };
     for stub in stubs.iter().rev() {
-        let (parent, name) = match stub.rsplit_once('/') {
+        let (parent, name) = match stub.path.rsplit_once('/') {
             Some((parent, name)) => (parent, name),
-            None => (".", stub.as_str()),
+            None => (".", stub.path.as_str()),
         };
         let Ok(parent_fd) = open_beneath(&root, parent, libc::O_PATH | libc::O_DIRECTORY) else {
             continue;
@@ -170,11 +181,28 @@ pub(crate) fn remove_stubs(rootfs: &Path, stubs: &[String]) -> io::Result<()> {
                 continue;
             }
             let kind = stat.st_mode & libc::S_IFMT;
-            if kind == libc::S_IFDIR {
+            let removed = if kind == libc::S_IFDIR {
                 // fails (and is left alone) when not empty
-                libc::unlinkat(parent_fd.as_raw_fd(), name_c.as_ptr(), libc::AT_REMOVEDIR);
+                libc::unlinkat(parent_fd.as_raw_fd(), name_c.as_ptr(), libc::AT_REMOVEDIR) == 0
             } else if kind == libc::S_IFREG && stat.st_size == 0 {
-                libc::unlinkat(parent_fd.as_raw_fd(), name_c.as_ptr(), 0);
+                libc::unlinkat(parent_fd.as_raw_fd(), name_c.as_ptr(), 0) == 0
+            } else {
+                false
+            };
+            if let (true, Some(times)) = (removed, stub.parent_times) {
+                let times = [
+                    libc::timespec {
+                        tv_sec: times[0],
+                        tv_nsec: times[1],
+                    },
+                    libc::timespec {
+                        tv_sec: times[2],
+                        tv_nsec: times[3],
+                    },
+                ];
+                let through = CString::new(format!("/proc/self/fd/{}", parent_fd.as_raw_fd()))
+                    .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+                libc::utimensat(libc::AT_FDCWD, through.as_ptr(), times.as_ptr(), 0);
             }
         }
     }

@@ -37,29 +37,57 @@ fn executable_lookup_follows_the_container_path() {
     let out = run(&test.sandbox, spec1);
     assert_eq!(out.stdout, "found\n");
     // no PATH in env: Docker's default is used and added
-    let mut spec2 = SandboxSpec::new(rootfs.path(), vec!["sh".into(), "-c".into(), "echo $PATH".into()]);
+    let mut spec2 = SandboxSpec::new(
+        rootfs.path(),
+        vec!["sh".into(), "-c".into(), "echo $PATH".into()],
+    );
     spec2.env = vec![];
     let out = run(&test.sandbox, spec2);
     assert_eq!(out.stdout.trim(), kiln_runner::DEFAULT_PATH);
     // not found
-    let error = test.sandbox.spawn(SandboxSpec::new(rootfs.path(), vec!["no-such-tool".into()])).unwrap_err();
-    assert!(matches!(error, SandboxError::ExecutableNotFound { .. }), "{error:?}");
-    assert!(error.to_string().contains("executable file not found in $PATH"));
-    let error = test.sandbox.spawn(SandboxSpec::new(rootfs.path(), vec!["/bin/missing".into()])).unwrap_err();
-    assert!(matches!(error, SandboxError::ExecutableNotFound { .. }), "{error:?}");
+    let error = test
+        .sandbox
+        .spawn(SandboxSpec::new(rootfs.path(), vec!["no-such-tool".into()]))
+        .unwrap_err();
+    assert!(
+        matches!(error, SandboxError::ExecutableNotFound { .. }),
+        "{error:?}"
+    );
+    assert!(error
+        .to_string()
+        .contains("executable file not found in $PATH"));
+    let error = test
+        .sandbox
+        .spawn(SandboxSpec::new(rootfs.path(), vec!["/bin/missing".into()]))
+        .unwrap_err();
+    assert!(
+        matches!(error, SandboxError::ExecutableNotFound { .. }),
+        "{error:?}"
+    );
     // not executable
     std::fs::write(rootfs.path().join("bin/data"), "x").unwrap();
-    let error = test.sandbox.spawn(SandboxSpec::new(rootfs.path(), vec!["/bin/data".into()])).unwrap_err();
+    let error = test
+        .sandbox
+        .spawn(SandboxSpec::new(rootfs.path(), vec!["/bin/data".into()]))
+        .unwrap_err();
     assert!(matches!(error, SandboxError::Exec { .. }), "{error:?}");
     // a failed start leaves nothing behind
-    assert_eq!(std::fs::read_dir(test.state.path().join("run")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(test.state.path().join("run"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[test]
 fn env_and_workdir() {
     let rootfs = busybox_rootfs();
     let test = sandbox();
-    let mut spec = spec(rootfs.path(), "pwd; echo $FOO; echo $HOME; ls -ld /work/sub | cut -c1-10");
+    let mut spec = spec(
+        rootfs.path(),
+        "pwd; echo $FOO; echo $HOME; ls -ld /work/sub | cut -c1-10",
+    );
     spec.env.push("FOO=bar baz".into());
     spec.cwd = "/work/../work/sub/".into();
     let out = run(&test.sandbox, spec);
@@ -75,10 +103,17 @@ fn background_processes_do_not_hang_the_run() {
     let test = sandbox();
     let started = Instant::now();
     // the background sleeps hold stdout and stderr open; they die with the pid namespace
-    let out = run(&test.sandbox, spec(rootfs.path(), "sleep 1000 & (sleep 1000 >&2 &); echo done"));
+    let out = run(
+        &test.sandbox,
+        spec(rootfs.path(), "sleep 1000 & (sleep 1000 >&2 &); echo done"),
+    );
     assert!(out.status.success());
     assert_eq!(out.stdout, "done\n");
-    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -90,10 +125,18 @@ fn init_is_pid_1_and_reaps_zombies() {
                   ps -o pid,stat,comm | awk 'NR>1 {print $2}' | grep -c Z; ls /proc | grep -E '^[0-9]+$' | wc -l";
     let out = run(&test.sandbox, spec(rootfs.path(), script));
     let lines: Vec<&str> = out.stdout.lines().collect();
-    assert_eq!(lines[0], "2", "the command should be pid 2 under the init: {}", out.stdout);
+    assert_eq!(
+        lines[0], "2",
+        "the command should be pid 2 under the init: {}",
+        out.stdout
+    );
     assert_eq!(lines[1], "0", "zombies left: {}", out.stdout);
     // init, sh, ls and grep at most
-    assert!(lines[2].trim().parse::<u32>().unwrap() <= 5, "{}", out.stdout);
+    assert!(
+        lines[2].trim().parse::<u32>().unwrap() <= 5,
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]
@@ -105,17 +148,39 @@ fn output_is_streamed_in_order() {
     let status = test
         .sandbox
         .run(
-            spec(rootfs.path(), "echo a; sleep 0.3; echo b >&2; sleep 0.3; echo c"),
+            spec(
+                rootfs.path(),
+                "echo a; sleep 0.3; echo b >&2; sleep 0.3; echo c",
+            ),
             WaitOptions::default(),
-            |stream, bytes| chunks.push((stream, String::from_utf8_lossy(bytes).into_owned(), started.elapsed())),
+            |stream, bytes| {
+                chunks.push((
+                    stream,
+                    String::from_utf8_lossy(bytes).into_owned(),
+                    started.elapsed(),
+                ))
+            },
         )
         .unwrap();
     let finished = started.elapsed();
     assert!(status.success());
-    let seen: Vec<(Stream, &str)> = chunks.iter().map(|(s, text, _)| (*s, text.as_str())).collect();
-    assert_eq!(seen, vec![(Stream::Stdout, "a\n"), (Stream::Stderr, "b\n"), (Stream::Stdout, "c\n")]);
+    let seen: Vec<(Stream, &str)> = chunks
+        .iter()
+        .map(|(s, text, _)| (*s, text.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (Stream::Stdout, "a\n"),
+            (Stream::Stderr, "b\n"),
+            (Stream::Stdout, "c\n")
+        ]
+    );
     // the first chunk arrived while the command was still running
-    assert!(finished - chunks[0].2 >= Duration::from_millis(400), "{chunks:?} {finished:?}");
+    assert!(
+        finished - chunks[0].2 >= Duration::from_millis(400),
+        "{chunks:?} {finished:?}"
+    );
 }
 
 #[test]
@@ -139,8 +204,14 @@ fn stdin_is_passed_through() {
 fn tty_is_a_real_terminal_inside() {
     let rootfs = busybox_rootfs();
     let test = sandbox();
-    let mut spec = spec(rootfs.path(), "tty; stty size; [ -t 0 ] && [ -t 1 ] && echo is-a-tty; read line; echo got:$line");
-    spec.tty = Some(TtySize { rows: 33, cols: 101 });
+    let mut spec = spec(
+        rootfs.path(),
+        "tty; stty size; [ -t 0 ] && [ -t 1 ] && echo is-a-tty; read line; echo got:$line",
+    );
+    spec.tty = Some(TtySize {
+        rows: 33,
+        cols: 101,
+    });
     let mut running = test.sandbox.spawn(spec).unwrap();
     let mut pty = running.take_pty().unwrap();
     pty.write_all(b"typed\n").unwrap();
@@ -164,7 +235,10 @@ fn tty_is_a_real_terminal_inside() {
 fn kill_from_another_thread_and_cleanup() {
     let rootfs = busybox_rootfs();
     let test = sandbox();
-    let mut running = test.sandbox.spawn(spec(rootfs.path(), "sleep 1000")).unwrap();
+    let mut running = test
+        .sandbox
+        .spawn(spec(rootfs.path(), "sleep 1000"))
+        .unwrap();
     let killer = running.killer();
     let thread = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(200));
@@ -173,7 +247,12 @@ fn kill_from_another_thread_and_cleanup() {
     let status = running.wait().unwrap();
     thread.join().unwrap();
     assert_eq!(status.outcome, Outcome::Signaled(libc::SIGKILL));
-    assert_eq!(std::fs::read_dir(test.state.path().join("run")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(test.state.path().join("run"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[test]
@@ -183,13 +262,30 @@ fn timeout_kills_and_cleans_up() {
     let started = Instant::now();
     let error = test
         .sandbox
-        .run(spec(rootfs.path(), "sleep 1000"), WaitOptions { timeout: Some(Duration::from_millis(300)) }, |_, _| {})
+        .run(
+            spec(rootfs.path(), "sleep 1000"),
+            WaitOptions {
+                timeout: Some(Duration::from_millis(300)),
+            },
+            |_, _| {},
+        )
         .unwrap_err();
     assert!(matches!(error, SandboxError::TimedOut { .. }), "{error:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(std::fs::read_dir(test.state.path().join("run")).unwrap().count(), 0);
-    let mut running = test.sandbox.spawn(spec(rootfs.path(), "sleep 1000")).unwrap();
-    assert!(matches!(running.wait_timeout(Duration::from_millis(100)), Err(SandboxError::TimedOut { .. })));
+    assert_eq!(
+        std::fs::read_dir(test.state.path().join("run"))
+            .unwrap()
+            .count(),
+        0
+    );
+    let mut running = test
+        .sandbox
+        .spawn(spec(rootfs.path(), "sleep 1000"))
+        .unwrap();
+    assert!(matches!(
+        running.wait_timeout(Duration::from_millis(100)),
+        Err(SandboxError::TimedOut { .. })
+    ));
 }
 
 #[test]
@@ -198,7 +294,10 @@ fn signals_are_forwarded_to_the_command() {
     let test = sandbox();
     let mut running = test
         .sandbox
-        .spawn(spec(rootfs.path(), "trap 'echo term; exit 7' TERM; echo ready; while true; do sleep 0.05; done"))
+        .spawn(spec(
+            rootfs.path(),
+            "trap 'echo term; exit 7' TERM; echo ready; while true; do sleep 0.05; done",
+        ))
         .unwrap();
     let mut stdout = running.take_stdout().unwrap();
     let mut ready = [0u8; 6];
@@ -212,10 +311,18 @@ fn signals_are_forwarded_to_the_command() {
 fn dropping_a_running_sandbox_cleans_up() {
     let rootfs = busybox_rootfs();
     let test = sandbox();
-    let running = test.sandbox.spawn(spec(rootfs.path(), "sleep 1000")).unwrap();
+    let running = test
+        .sandbox
+        .spawn(spec(rootfs.path(), "sleep 1000"))
+        .unwrap();
     let pid = running.pid();
     drop(running);
-    assert_eq!(std::fs::read_dir(test.state.path().join("run")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(test.state.path().join("run"))
+            .unwrap()
+            .count(),
+        0
+    );
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
 }
 
@@ -223,8 +330,14 @@ fn dropping_a_running_sandbox_cleans_up() {
 fn async_wait() {
     let rootfs = busybox_rootfs();
     let test = sandbox();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let mut running = test.sandbox.spawn(spec(rootfs.path(), "sleep 0.2; exit 3")).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut running = test
+        .sandbox
+        .spawn(spec(rootfs.path(), "sleep 0.2; exit 3"))
+        .unwrap();
     let status = runtime.block_on(async {
         let waited = tokio::time::timeout(Duration::from_millis(50), running.wait_async()).await;
         assert!(waited.is_err(), "finished too early");
@@ -243,11 +356,19 @@ fn many_sandboxes_at_once() {
             let rootfs = &rootfs;
             scope.spawn(move || {
                 for round in 0..5 {
-                    let out = run(&test.sandbox, spec(rootfs.path(), &format!("echo {index}-{round}; hostname")));
+                    let out = run(
+                        &test.sandbox,
+                        spec(rootfs.path(), &format!("echo {index}-{round}; hostname")),
+                    );
                     assert_eq!(out.stdout, format!("{index}-{round}\nkiln\n"));
                 }
             });
         }
     });
-    assert_eq!(std::fs::read_dir(test.state.path().join("run")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(test.state.path().join("run"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
