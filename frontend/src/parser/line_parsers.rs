@@ -25,6 +25,12 @@ impl ParsedArgs {
     }
 }
 
+/// Go's `unicode.IsSpace(rune(byte))` as BuildKit applies it to the bytes of a line: only the
+/// ASCII white space (the first byte of a multi-byte character is never a space).
+fn is_byte_space(character: char) -> bool {
+    matches!(character, '\t' | '\n' | '\u{b}' | '\u{c}' | '\r' | ' ')
+}
+
 /// The blanks of BuildKit's `[\t\v\f\r ]+` separator.
 fn is_blank(character: char) -> bool {
     matches!(character, '\t' | '\u{b}' | '\u{c}' | '\r' | ' ')
@@ -106,7 +112,7 @@ fn extract_builder_flags(line: &str, escape: char) -> (String, Vec<String>) {
             if at_end {
                 break;
             }
-            if is_space(character) {
+            if is_byte_space(character) {
                 index += 1;
                 continue;
             }
@@ -125,7 +131,7 @@ fn extract_builder_flags(line: &str, escape: char) -> (String, Vec<String>) {
             break;
         }
         if phase == Phase::Word {
-            if is_space(character) {
+            if is_byte_space(character) {
                 phase = Phase::Spaces;
                 if word == "--" {
                     return (line[byte_at(index)..].to_string(), flags);
@@ -371,7 +377,7 @@ pub(crate) fn parse_maybe_json_to_list(rest: &str) -> Result<ParsedArgs, String>
 pub(crate) fn parse_health_config(rest: &str) -> Result<ParsedArgs, String> {
     let separator = rest
         .char_indices()
-        .find(|&(_, character)| is_space(character))
+        .find(|&(_, character)| is_byte_space(character))
         .map_or(rest.len(), |(index, _)| index);
     if separator == 0 {
         return Ok(ParsedArgs::none());
@@ -379,7 +385,7 @@ pub(crate) fn parse_health_config(rest: &str) -> Result<ParsedArgs, String> {
     let after = &rest[separator..];
     let command_start = after
         .char_indices()
-        .find(|&(_, character)| !is_space(character))
+        .find(|&(_, character)| !is_byte_space(character))
         .map_or(after.len(), |(index, _)| index);
     let command = parse_maybe_json(&after[command_start..])?;
     let mut words = vec![rest[..separator].to_string()];

@@ -497,7 +497,10 @@ impl<'a> ShellWord<'a> {
                         } else {
                             pattern::trim_prefix(&pattern, &value, greedy)
                         };
-                        trimmed.map_err(|reason| LexErrorKind::InvalidPattern { pattern, reason })
+                        trimmed.map_err(|(pattern, reason)| LexErrorKind::InvalidPattern {
+                            pattern,
+                            reason,
+                        })
                     }
                     _ => Err(LexErrorKind::UnsupportedModifier {
                         modifier: modifier_text,

@@ -59,9 +59,18 @@ pub(crate) fn shell_pattern_to_regex(
     Regex::new(&expression).map_err(|error| error.to_string())
 }
 
+/// A pattern that could not be used: the pattern as tried (reversed for `%`, as BuildKit
+/// reports it) and why.
+pub(crate) type PatternError = (String, String);
+
 /// `${V#p}` / `${V##p}`: removes the shortest (longest when greedy) matching prefix.
-pub(crate) fn trim_prefix(pattern: &str, value: &str, greedy: bool) -> Result<String, String> {
-    let expression = shell_pattern_to_regex(pattern, greedy, true)?;
+pub(crate) fn trim_prefix(
+    pattern: &str,
+    value: &str,
+    greedy: bool,
+) -> Result<String, PatternError> {
+    let expression = shell_pattern_to_regex(pattern, greedy, true)
+        .map_err(|reason| (pattern.to_string(), reason))?;
     Ok(match expression.find(value) {
         Some(found) => value[found.end()..].to_string(),
         None => value.to_string(),
@@ -70,7 +79,11 @@ pub(crate) fn trim_prefix(pattern: &str, value: &str, greedy: bool) -> Result<St
 
 /// `${V%p}` / `${V%%p}`: removes the shortest (longest when greedy) matching suffix, by
 /// reversing both the pattern and the value and trimming a prefix.
-pub(crate) fn trim_suffix(pattern: &str, value: &str, greedy: bool) -> Result<String, String> {
+pub(crate) fn trim_suffix(
+    pattern: &str,
+    value: &str,
+    greedy: bool,
+) -> Result<String, PatternError> {
     let reversed_pattern = reverse_pattern(pattern);
     let reversed_value: String = value.chars().rev().collect();
     let trimmed = trim_prefix(&reversed_pattern, &reversed_value, greedy)?;
