@@ -42,6 +42,8 @@ pub struct FetchedIndex {
 }
 
 /// Either kind of manifest.
+// One value per fetch, moved rarely: boxing the larger variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum FetchedManifest {
     Image(FetchedImageManifest),

@@ -232,7 +232,7 @@ async fn many_layers_and_special_files_push_and_pull() {
 
     // Parallel downloads over clones of one client.
     let mut tasks = Vec::new();
-    for layer in resolved.manifest.manifest.layers.iter().cloned() {
+    for layer in resolved.manifest.manifest.layers.clone() {
         let client: RegistryClient = client.clone();
         let reference = reference.clone();
         tasks.push(tokio::spawn(async move {

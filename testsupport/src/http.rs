@@ -275,9 +275,10 @@ pub fn read_response<R: Read>(
     })
 }
 
-fn read_head<R: Read>(
-    reader: &mut BufReader<R>,
-) -> io::Result<Option<(String, Vec<(String, String)>)>> {
+/// A start line and its headers.
+type Head = (String, Vec<(String, String)>);
+
+fn read_head<R: Read>(reader: &mut BufReader<R>) -> io::Result<Option<Head>> {
     let mut first = String::new();
     let mut total = 0;
     loop {

@@ -581,14 +581,16 @@ mod tests {
 
     #[test]
     fn pax_record_length_counts_itself() {
-        let record = pax_record(b"path=x\n");
-        assert_eq!(record, b"11 path=x\n");
-        let long = vec![b'a'; 95];
-        let record = pax_record(&long);
-        assert_eq!(
-            record.len().to_string(),
-            String::from_utf8_lossy(&record[..3])
-        );
+        assert_eq!(pax_record(b"path=x\n"), b"9 path=x\n");
+        for payload_length in [1, 7, 95, 96, 97, 995, 996, 10_000] {
+            let record = pax_record(&vec![b'a'; payload_length]);
+            let space = record.iter().position(|byte| *byte == b' ').unwrap();
+            let declared: usize = std::str::from_utf8(&record[..space])
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(declared, record.len(), "payload of {payload_length}");
+        }
     }
 
     #[test]
