@@ -64,7 +64,7 @@
 //! The layer tar apply and diff live in the `archive` module; this part knows nothing about
 //! tar, registries or containers.
 
-// `pub mod archive;` (layer apply and diff) is added by the archive commit.
+pub mod archive;
 mod content;
 mod error;
 mod fsutil;

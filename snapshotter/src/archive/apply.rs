@@ -1,0 +1,887 @@
+//! Applying a layer tar into a directory: streamed, hashed (diffID) on the way, with every
+//! path confined to the destination.
+
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::rc::Rc;
+
+use kiln_types::Digest;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
+use rustix::io::Errno;
+
+use super::compression::{decompressing_reader, CountingReader, HashingReader};
+use super::path::{clean_entry_path, join, split_parent};
+use super::root::{chmod_path_fd, list_names, lstat_at, proc_path, remove_at, Root};
+use super::{
+    display_path, ArchiveError, Compression, OVERLAY_OPAQUE_XATTR, WHITEOUT_OPAQUE, WHITEOUT_PREFIX,
+};
+
+/// Buffer between the decompressor and the tar reader.
+const TAR_BUFFER: usize = 1 << 20;
+/// Buffer for copying file contents.
+const COPY_BUFFER: usize = 1 << 20;
+
+/// What to do with OCI whiteouts (`.wh.NAME`, `DIR/.wh..wh..opq`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhiteoutMode {
+    /// The destination is a fresh snapshot directory used as an overlayfs lower: a whiteout
+    /// becomes a character device 0/0 named `NAME`, an opaque marker becomes the xattr
+    /// `trusted.overlay.opaque=y` on the directory.
+    #[default]
+    Overlay,
+    /// The destination holds the layers below (flattening a rootfs, `type=local` export):
+    /// whiteouts delete, opaque markers delete what this layer did not put in the directory.
+    Apply,
+    /// Whiteout names are ordinary files (ADD of a local archive, as Docker does).
+    Keep,
+}
+
+/// How to apply a layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyOptions {
+    pub whiteout_mode: WhiteoutMode,
+    /// Fail with [`ArchiveError::DiffIdMismatch`] unless the uncompressed stream hashes to
+    /// this (the image config's `rootfs.diff_ids` entry).
+    pub expected_diff_id: Option<Digest>,
+    /// Stop with [`ArchiveError::TooLarge`] once the uncompressed stream passes this many
+    /// bytes (a gzip bomb stops here, not when the disk is full).
+    pub max_uncompressed_size: Option<u64>,
+    /// Set owners from the tar (needs root); otherwise files belong to the caller.
+    pub preserve_owners: bool,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            whiteout_mode: WhiteoutMode::Overlay,
+            expected_diff_id: None,
+            max_uncompressed_size: None,
+            preserve_owners: true,
+        }
+    }
+}
+
+impl ApplyOptions {
+    /// Default options with the given whiteout mode.
+    pub fn new(whiteout_mode: WhiteoutMode) -> Self {
+        ApplyOptions {
+            whiteout_mode,
+            ..ApplyOptions::default()
+        }
+    }
+}
+
+/// What applying a layer did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedLayer {
+    /// sha256 of the whole uncompressed stream, trailing padding included.
+    pub diff_id: Digest,
+    /// Bytes of uncompressed stream.
+    pub uncompressed_size: u64,
+    /// Bytes read from the (compressed) source.
+    pub compressed_size: u64,
+    /// Tar entries applied (PAX global headers not counted).
+    pub entries: u64,
+    /// Whiteouts and opaque markers applied.
+    pub whiteouts: u64,
+    /// xattrs the destination filesystem does not support (ENOTSUP), left out.
+    pub xattrs_unsupported: u64,
+}
+
+/// Applies a layer tar (uncompressed, gzip or zstd) read from `reader` into the existing
+/// directory `dest`. The diffID is the sha256 of the whole uncompressed stream, read to its
+/// end. On error the destination holds a partial layer: the caller discards it.
+pub fn apply_layer<R: Read>(
+    reader: R,
+    compression: Compression,
+    dest: &Path,
+    options: &ApplyOptions,
+) -> Result<AppliedLayer, ArchiveError> {
+    let compressed_size = Rc::new(Cell::new(0u64));
+    let counting = CountingReader {
+        inner: reader,
+        count: Rc::clone(&compressed_size),
+    };
+    let decompressed = decompressing_reader(counting, compression).map_err(ArchiveError::Read)?;
+    let hashing = HashingReader::new(decompressed, options.max_uncompressed_size);
+    let limit_hit = Rc::clone(&hashing.limit_hit);
+    let too_large = |error: ArchiveError| -> ArchiveError {
+        match (limit_hit.get(), options.max_uncompressed_size) {
+            (true, Some(limit)) => ArchiveError::TooLarge { limit },
+            _ => error,
+        }
+    };
+    let root = Root::open(dest).map_err(|error| ArchiveError::Filesystem {
+        operation: "opening the destination",
+        path: dest.display().to_string(),
+        source: error,
+    })?;
+    let mut unpacker = Unpacker::new(root, options);
+    let mut archive = tar::Archive::new(BufReader::with_capacity(TAR_BUFFER, hashing));
+    {
+        let entries = archive
+            .entries()
+            .map_err(|error| too_large(ArchiveError::Read(error)))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|error| too_large(ArchiveError::Read(error)))?;
+            unpacker.entry(&mut entry).map_err(&too_large)?;
+        }
+    }
+    // The tar's end-of-archive marker (and any padding after it) is part of the stream the
+    // diffID covers: read everything to the end.
+    let mut rest = archive.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(|error| too_large(ArchiveError::Read(error)))?;
+    let (diff_id, uncompressed_size) = rest.into_inner().finish();
+    unpacker.finish()?;
+    if let Some(expected) = &options.expected_diff_id {
+        if *expected != diff_id {
+            return Err(ArchiveError::DiffIdMismatch {
+                expected: expected.clone(),
+                found: diff_id,
+            });
+        }
+    }
+    Ok(AppliedLayer {
+        diff_id,
+        uncompressed_size,
+        compressed_size: compressed_size.get(),
+        entries: unpacker.entries,
+        whiteouts: unpacker.whiteouts,
+        xattrs_unsupported: unpacker.xattrs_unsupported,
+    })
+}
+
+/// The header facts of one entry, PAX records applied.
+struct Metadata {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    times: Timestamps,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+fn filesystem(operation: &'static str, path: &[u8], error: impl Into<io::Error>) -> ArchiveError {
+    ArchiveError::Filesystem {
+        operation,
+        path: display_path(path),
+        source: error.into(),
+    }
+}
+
+fn invalid(path: &[u8], reason: impl Into<String>) -> ArchiveError {
+    ArchiveError::InvalidEntry {
+        path: display_path(path),
+        reason: reason.into(),
+    }
+}
+
+/// Parses a PAX time (`"1700000000"`, `"1700000000.5"`, `"-1.25"`).
+fn parse_pax_time(value: &[u8]) -> Option<Timespec> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (negative, text) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let seconds: i64 = whole.parse().ok()?;
+    let mut nanos: i64 = 0;
+    for (index, digit) in fraction.bytes().take(9).enumerate() {
+        nanos += i64::from(digit - b'0') * 10i64.pow(8 - index as u32);
+    }
+    Some(if negative {
+        if nanos > 0 {
+            Timespec {
+                tv_sec: -seconds - 1,
+                tv_nsec: 1_000_000_000 - nanos,
+            }
+        } else {
+            Timespec {
+                tv_sec: -seconds,
+                tv_nsec: 0,
+            }
+        }
+    } else {
+        Timespec {
+            tv_sec: seconds,
+            tv_nsec: nanos,
+        }
+    })
+}
+
+fn is_overlay_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
+}
+
+struct Unpacker {
+    root: Root,
+    whiteout_mode: WhiteoutMode,
+    preserve_owners: bool,
+    /// Paths this layer put in place, and their parents (only kept in `Apply` mode, where an
+    /// opaque marker deletes everything else in its directory).
+    unpacked: Option<HashSet<Vec<u8>>>,
+    /// Directory times, set last: writing into a directory changes its mtime.
+    directory_times: Vec<(Vec<u8>, Timestamps)>,
+    buffer: Vec<u8>,
+    entries: u64,
+    whiteouts: u64,
+    xattrs_unsupported: u64,
+}
+
+impl Unpacker {
+    fn new(root: Root, options: &ApplyOptions) -> Self {
+        Unpacker {
+            root,
+            whiteout_mode: options.whiteout_mode,
+            preserve_owners: options.preserve_owners,
+            unpacked: (options.whiteout_mode == WhiteoutMode::Apply).then(HashSet::new),
+            directory_times: Vec::new(),
+            buffer: vec![0u8; COPY_BUFFER],
+            entries: 0,
+            whiteouts: 0,
+            xattrs_unsupported: 0,
+        }
+    }
+
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), ArchiveError> {
+        let entry_type = entry.header().entry_type();
+        if entry_type.is_pax_global_extensions() {
+            return Ok(());
+        }
+        let raw_path = entry.path_bytes().into_owned();
+        let path = clean_entry_path(&raw_path).map_err(|reason| ArchiveError::UnsafePath {
+            path: display_path(&raw_path),
+            reason,
+        })?;
+        let metadata = self.metadata(entry, &raw_path)?;
+        self.entries += 1;
+
+        let (parent, name) = split_parent(&path);
+        if self.whiteout_mode != WhiteoutMode::Keep && name.starts_with(WHITEOUT_PREFIX.as_bytes())
+        {
+            self.whiteouts += 1;
+            return self.whiteout(parent, name, &raw_path, &metadata);
+        }
+
+        let type_byte = entry_type.as_byte();
+        // A V7 tar marks a directory as a regular file whose name ends in a slash.
+        let is_directory =
+            entry_type.is_dir() || (type_byte == 0 && raw_path.last() == Some(&b'/'));
+        if path.is_empty() {
+            if !is_directory {
+                return Err(ArchiveError::UnsafePath {
+                    path: display_path(&raw_path),
+                    reason: "only a directory entry may name the destination itself",
+                });
+            }
+            return self.root_directory(metadata);
+        }
+        if let Some(unpacked) = &mut self.unpacked {
+            let mut current: &[u8] = &path;
+            while !current.is_empty() && unpacked.insert(current.to_vec()) {
+                current = split_parent(current).0;
+            }
+        }
+
+        let parent_fd = self
+            .root
+            .parent(parent)
+            .map_err(|error| filesystem("creating the parent directory of", &path, error))?;
+        let parent_fd = parent_fd.as_fd();
+        if is_directory {
+            return self.directory(parent_fd, name, path.clone(), metadata);
+        }
+        match type_byte {
+            b'0' | 0 | b'7' | b'S' => self.regular_file(parent_fd, name, &path, entry, metadata),
+            b'2' => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| invalid(&raw_path, "symlink without a target"))?
+                    .into_owned();
+                if target.is_empty() || target.contains(&0) {
+                    return Err(invalid(&raw_path, "symlink target is empty or has a NUL"));
+                }
+                self.symlink(parent_fd, name, &path, &target, metadata)
+            }
+            b'1' => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| invalid(&raw_path, "hardlink without a target"))?
+                    .into_owned();
+                self.hardlink(parent_fd, name, &path, &target)
+            }
+            b'3' | b'4' | b'6' => {
+                let file_type = match type_byte {
+                    b'3' => FileType::CharacterDevice,
+                    b'4' => FileType::BlockDevice,
+                    _ => FileType::Fifo,
+                };
+                let header = entry.header();
+                let major = header
+                    .device_major()
+                    .map_err(|error| invalid(&raw_path, error.to_string()))?
+                    .unwrap_or(0);
+                let minor = header
+                    .device_minor()
+                    .map_err(|error| invalid(&raw_path, error.to_string()))?
+                    .unwrap_or(0);
+                let device = rustix::fs::makedev(major, minor);
+                self.node(parent_fd, name, &path, file_type, device, metadata)
+            }
+            other => Err(ArchiveError::UnsupportedEntryType {
+                path: display_path(&raw_path),
+                entry_type: char::from(other),
+            }),
+        }
+    }
+
+    fn metadata<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        raw_path: &[u8],
+    ) -> Result<Metadata, ArchiveError> {
+        let mut pax_mtime = None;
+        let mut pax_atime = None;
+        let mut xattrs = Vec::new();
+        if let Some(extensions) = entry.pax_extensions().map_err(ArchiveError::Read)? {
+            for extension in extensions {
+                let extension = extension.map_err(ArchiveError::Read)?;
+                let key = extension.key_bytes();
+                if key == b"mtime" {
+                    pax_mtime = Some(
+                        parse_pax_time(extension.value_bytes())
+                            .ok_or_else(|| invalid(raw_path, "invalid PAX mtime"))?,
+                    );
+                } else if key == b"atime" {
+                    pax_atime = parse_pax_time(extension.value_bytes());
+                } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                    if name.is_empty() || name.contains(&0) {
+                        return Err(invalid(raw_path, "invalid xattr name"));
+                    }
+                    // overlayfs' own xattrs come only from whiteout entries, never from a
+                    // tar: a layer must not redirect lookups or fake opaque directories.
+                    if !is_overlay_xattr(name) {
+                        xattrs.push((name.to_vec(), extension.value_bytes().to_vec()));
+                    }
+                }
+            }
+        }
+        let header = entry.header();
+        let mode = header
+            .mode()
+            .map_err(|error| invalid(raw_path, error.to_string()))?
+            & 0o7777;
+        let uid = header
+            .uid()
+            .map_err(|error| invalid(raw_path, error.to_string()))?;
+        let gid = header
+            .gid()
+            .map_err(|error| invalid(raw_path, error.to_string()))?;
+        // u32::MAX is -1, "leave unchanged", to chown: not an owner.
+        let uid = u32::try_from(uid)
+            .ok()
+            .filter(|uid| *uid != u32::MAX)
+            .ok_or_else(|| invalid(raw_path, format!("uid {uid} out of range")))?;
+        let gid = u32::try_from(gid)
+            .ok()
+            .filter(|gid| *gid != u32::MAX)
+            .ok_or_else(|| invalid(raw_path, format!("gid {gid} out of range")))?;
+        let mtime = match pax_mtime {
+            Some(mtime) => mtime,
+            None => Timespec {
+                tv_sec: i64::try_from(
+                    header
+                        .mtime()
+                        .map_err(|error| invalid(raw_path, error.to_string()))?,
+                )
+                .unwrap_or(i64::MAX),
+                tv_nsec: 0,
+            },
+        };
+        let gnu_atime = header
+            .as_gnu()
+            .and_then(|gnu| gnu.atime().ok())
+            .filter(|atime| *atime != 0)
+            .map(|atime| Timespec {
+                tv_sec: i64::try_from(atime).unwrap_or(i64::MAX),
+                tv_nsec: 0,
+            });
+        // As Docker: the access time is the later of atime and mtime.
+        let atime = pax_atime
+            .or(gnu_atime)
+            .map_or(mtime, |atime| atime.max(mtime));
+        Ok(Metadata {
+            mode,
+            uid,
+            gid,
+            times: Timestamps {
+                last_access: atime,
+                last_modification: mtime,
+            },
+            xattrs,
+        })
+    }
+
+    fn finish(&mut self) -> Result<(), ArchiveError> {
+        for (path, times) in std::mem::take(&mut self.directory_times) {
+            // A later entry may have replaced the directory: then there is nothing to date.
+            let fd = match self.root.open_dir(&path, OFlags::RDONLY | OFlags::NOFOLLOW) {
+                Ok(fd) => fd,
+                Err(error)
+                    if matches!(
+                        error.raw_os_error(),
+                        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+                    ) =>
+                {
+                    continue
+                }
+                Err(error) => return Err(filesystem("opening", &path, error)),
+            };
+            rustix::fs::futimens(&fd, &times)
+                .map_err(|errno| filesystem("setting times of", &path, errno))?;
+        }
+        Ok(())
+    }
+
+    fn set_owner_fd(
+        &self,
+        fd: BorrowedFd<'_>,
+        path: &[u8],
+        meta: &Metadata,
+    ) -> Result<(), ArchiveError> {
+        if self.preserve_owners {
+            rustix::fs::fchown(
+                fd,
+                Some(rustix::fs::Uid::from_raw(meta.uid)),
+                Some(rustix::fs::Gid::from_raw(meta.gid)),
+            )
+            .map_err(|errno| filesystem("changing the owner of", path, errno))?;
+        }
+        Ok(())
+    }
+
+    fn set_owner_at(
+        &self,
+        parent: BorrowedFd<'_>,
+        name: &[u8],
+        path: &[u8],
+        meta: &Metadata,
+    ) -> Result<(), ArchiveError> {
+        if self.preserve_owners {
+            rustix::fs::chownat(
+                parent,
+                name,
+                Some(rustix::fs::Uid::from_raw(meta.uid)),
+                Some(rustix::fs::Gid::from_raw(meta.gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|errno| filesystem("changing the owner of", path, errno))?;
+        }
+        Ok(())
+    }
+
+    /// Sets xattrs on an open file or directory.
+    fn set_xattrs_fd(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        path: &[u8],
+        meta: &Metadata,
+    ) -> Result<(), ArchiveError> {
+        for (name, value) in &meta.xattrs {
+            match rustix::fs::fsetxattr(fd, name.as_slice(), value, XattrFlags::empty()) {
+                Ok(()) => {}
+                Err(Errno::NOTSUP) => self.xattrs_unsupported += 1,
+                Err(errno) => return Err(filesystem("setting xattrs of", path, errno)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets xattrs on a name that cannot be opened for it (symlink, device, fifo).
+    fn set_xattrs_at(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &[u8],
+        path: &[u8],
+        meta: &Metadata,
+    ) -> Result<(), ArchiveError> {
+        if meta.xattrs.is_empty() {
+            return Ok(());
+        }
+        let target = proc_path(parent, name);
+        for (xattr_name, value) in &meta.xattrs {
+            match rustix::fs::lsetxattr(
+                target.as_slice(),
+                xattr_name.as_slice(),
+                value,
+                XattrFlags::empty(),
+            ) {
+                Ok(()) => {}
+                Err(Errno::NOTSUP) => self.xattrs_unsupported += 1,
+                Err(errno) => return Err(filesystem("setting xattrs of", path, errno)),
+            }
+        }
+        Ok(())
+    }
+
+    fn root_directory(&mut self, meta: Metadata) -> Result<(), ArchiveError> {
+        let fd = self
+            .root
+            .open_dir(b"", OFlags::RDONLY)
+            .map_err(|error| filesystem("opening", b".", error))?;
+        self.set_owner_fd(fd.as_fd(), b".", &meta)?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(meta.mode))
+            .map_err(|errno| filesystem("changing the mode of", b".", errno))?;
+        self.set_xattrs_fd(fd.as_fd(), b".", &meta)?;
+        self.directory_times.push((Vec::new(), meta.times));
+        Ok(())
+    }
+
+    fn directory(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &[u8],
+        path: Vec<u8>,
+        meta: Metadata,
+    ) -> Result<(), ArchiveError> {
+        match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
+            Ok(()) => {}
+            Err(Errno::EXIST) => {
+                let stat = lstat_at(parent, name)
+                    .map_err(|error| filesystem("reading metadata of", &path, error))?;
+                if FileType::from_raw_mode(stat.st_mode) != FileType::Directory {
+                    remove_at(parent, name)
+                        .map_err(|error| filesystem("replacing", &path, error))?;
+                    rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700))
+                        .map_err(|errno| filesystem("creating directory", &path, errno))?;
+                }
+            }
+            Err(errno) => return Err(filesystem("creating directory", &path, errno)),
+        }
+        let fd = rustix::fs::openat(
+            parent,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|errno| filesystem("opening", &path, errno))?;
+        self.set_owner_fd(fd.as_fd(), &path, &meta)?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(meta.mode))
+            .map_err(|errno| filesystem("changing the mode of", &path, errno))?;
+        self.set_xattrs_fd(fd.as_fd(), &path, &meta)?;
+        self.directory_times.push((path, meta.times));
+        Ok(())
+    }
+
+    fn regular_file<R: Read>(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &[u8],
+        path: &[u8],
+        entry: &mut tar::Entry<'_, R>,
+        meta: Metadata,
+    ) -> Result<(), ArchiveError> {
+        let create = || -> Result<OwnedFd, Errno> {
+            rustix::fs::openat(
+                parent,
+                name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(meta.mode & 0o777),
+            )
+        };
+        // O_EXCL|O_NOFOLLOW: an existing name (a symlink, a hardlink, anything) is removed
+        // and replaced, never written through.
+        let fd = match create() {
+            Ok(fd) => fd,
+            Err(Errno::EXIST) => {
+                remove_at(parent, name).map_err(|error| filesystem("replacing", path, error))?;
+                create().map_err(|errno| filesystem("creating", path, errno))?
+            }
+            Err(errno) => return Err(filesystem("creating", path, errno)),
+        };
+        let mut file = File::from(fd);
+        let expected = entry.size();
+        let mut written: u64 = 0;
+        loop {
+            let read = match entry.read(&mut self.buffer) {
+                Ok(0) => break,
+                Ok(read) => read,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(ArchiveError::Read(error)),
+            };
+            file.write_all(&self.buffer[..read])
+                .map_err(|error| filesystem("writing", path, error))?;
+            written += read as u64;
+        }
+        let is_sparse = entry.header().entry_type().is_gnu_sparse();
+        if !is_sparse && written != expected {
+            return Err(ArchiveError::Read(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "tar stream ends inside {:?} ({written} of {expected} bytes)",
+                    display_path(path)
+                ),
+            )));
+        }
+        // Owner before mode (chown clears setuid/setgid), xattrs after both (chown clears
+        // security.capability), times last.
+        self.set_owner_fd(file.as_fd(), path, &meta)?;
+        rustix::fs::fchmod(&file, Mode::from_raw_mode(meta.mode))
+            .map_err(|errno| filesystem("changing the mode of", path, errno))?;
+        self.set_xattrs_fd(file.as_fd(), path, &meta)?;
+        rustix::fs::futimens(&file, &meta.times)
+            .map_err(|errno| filesystem("setting times of", path, errno))?;
+        Ok(())
+    }
+
+    fn symlink(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &[u8],
+        path: &[u8],
+        target: &[u8],
+        meta: Metadata,
+    ) -> Result<(), ArchiveError> {
+        match rustix::fs::symlinkat(target, parent, name) {
+            Ok(()) => {}
+            Err(Errno::EXIST) => {
+                remove_at(parent, name).map_err(|error| filesystem("replacing", path, error))?;
+                rustix::fs::symlinkat(target, parent, name)
+                    .map_err(|errno| filesystem("creating symlink", path, errno))?;
+            }
+            Err(errno) => return Err(filesystem("creating symlink", path, errno)),
+        }
+        // Everything below acts on the link itself, never on what it points to.
+        self.set_owner_at(parent, name, path, &meta)?;
+        self.set_xattrs_at(parent, name, path, &meta)?;
+        rustix::fs::utimensat(parent, name, &meta.times, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|errno| filesystem("setting times of", path, errno))?;
+        Ok(())
+    }
+
+    fn hardlink(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &[u8],
+        path: &[u8],
+        raw_target: &[u8],
+    ) -> Result<(), ArchiveError> {
+        let unsafe_target = |reason| ArchiveError::UnsafePath {
+            path: format!("{} -> {}", display_path(path), display_path(raw_target)),
+            reason,
+        };
+        let target = clean_entry_path(raw_target).map_err(unsafe_target)?;
+        if target.is_empty() {
+            return Err(unsafe_target(
+                "a hardlink cannot point at the destination itself",
+            ));
+        }
+        if target == path {
+            return Ok(());
+        }
+        let (target_parent, target_name) = split_parent(&target);
+        let target_parent_fd = self
+            .root
+            .open_dir(target_parent, OFlags::PATH)
+            .map_err(|error| filesystem("resolving hardlink target", &target, error))?;
+        // No AT_SYMLINK_FOLLOW: a link to a symlink links the symlink itself.
+        let link = || {
+            rustix::fs::linkat(
+                &target_parent_fd,
+                target_name,
+                parent,
+                name,
+                AtFlags::empty(),
+            )
+        };
+        match link() {
+            Ok(()) => Ok(()),
+            Err(Errno::EXIST) => {
+                remove_at(parent, name).map_err(|error| filesystem("replacing", path, error))?;
+                link().map_err(|errno| filesystem("creating hardlink", path, errno))
+            }
+            Err(errno) => Err(filesystem("creating hardlink", path, errno)),
+        }
+    }
+
+    fn node(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &[u8],
+        path: &[u8],
+        file_type: FileType,
+        device: rustix::fs::Dev,
+        meta: Metadata,
+    ) -> Result<(), ArchiveError> {
+        let make = || {
+            rustix::fs::mknodat(
+                parent,
+                name,
+                file_type,
+                Mode::from_raw_mode(meta.mode & 0o777),
+                device,
+            )
+        };
+        match make() {
+            Ok(()) => {}
+            Err(Errno::EXIST) => {
+                remove_at(parent, name).map_err(|error| filesystem("replacing", path, error))?;
+                make().map_err(|errno| filesystem("creating device node", path, errno))?;
+            }
+            Err(errno) => return Err(filesystem("creating device node", path, errno)),
+        }
+        self.set_owner_at(parent, name, path, &meta)?;
+        // chmod through an O_PATH descriptor of the node just made: never a symlink's target.
+        let fd = rustix::fs::openat(
+            parent,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|errno| filesystem("opening", path, errno))?;
+        let stat = rustix::fs::fstat(&fd)
+            .map_err(|errno| filesystem("reading metadata of", path, errno))?;
+        if FileType::from_raw_mode(stat.st_mode) != file_type {
+            return Err(filesystem(
+                "changing the mode of",
+                path,
+                io::Error::other("the node was replaced while being created"),
+            ));
+        }
+        chmod_path_fd(fd.as_fd(), meta.mode)
+            .map_err(|error| filesystem("changing the mode of", path, error))?;
+        self.set_xattrs_at(parent, name, path, &meta)?;
+        rustix::fs::utimensat(parent, name, &meta.times, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|errno| filesystem("setting times of", path, errno))?;
+        Ok(())
+    }
+
+    fn whiteout(
+        &mut self,
+        parent: &[u8],
+        name: &[u8],
+        raw_path: &[u8],
+        meta: &Metadata,
+    ) -> Result<(), ArchiveError> {
+        if name == WHITEOUT_OPAQUE.as_bytes() {
+            return self.opaque(parent, raw_path);
+        }
+        let target = &name[WHITEOUT_PREFIX.len()..];
+        if target.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+            // Other `.wh..wh.*` names are AUFS bookkeeping (hardlink dirs): Docker skips them.
+            return Ok(());
+        }
+        if target.is_empty() || target == b"." || target == b".." {
+            return Err(ArchiveError::InvalidWhiteout {
+                path: display_path(raw_path),
+            });
+        }
+        let target_path = join(parent, target);
+        match self.whiteout_mode {
+            WhiteoutMode::Overlay => {
+                let parent_fd = self.root.parent(parent).map_err(|error| {
+                    filesystem("creating the parent directory of", &target_path, error)
+                })?;
+                remove_at(parent_fd.as_fd(), target)
+                    .map_err(|error| filesystem("replacing", &target_path, error))?;
+                rustix::fs::mknodat(
+                    &parent_fd,
+                    target,
+                    FileType::CharacterDevice,
+                    Mode::empty(),
+                    rustix::fs::makedev(0, 0),
+                )
+                .map_err(|errno| filesystem("creating whiteout", &target_path, errno))?;
+                self.set_owner_at(parent_fd.as_fd(), target, &target_path, meta)
+            }
+            WhiteoutMode::Apply => {
+                // Removal may take a directory the cached parent lies under.
+                self.root.forget_cached_parent();
+                let parent_fd = match self.root.open_dir(parent, OFlags::PATH) {
+                    Ok(fd) => fd,
+                    Err(error)
+                        if matches!(error.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) =>
+                    {
+                        return Ok(())
+                    }
+                    Err(error) => return Err(filesystem("opening", parent, error)),
+                };
+                remove_at(parent_fd.as_fd(), target)
+                    .map_err(|error| filesystem("removing", &target_path, error))
+            }
+            WhiteoutMode::Keep => Ok(()),
+        }
+    }
+
+    fn opaque(&mut self, parent: &[u8], raw_path: &[u8]) -> Result<(), ArchiveError> {
+        match self.whiteout_mode {
+            WhiteoutMode::Overlay => {
+                self.root
+                    .ensure_dir(parent)
+                    .map_err(|error| filesystem("creating directory", parent, error))?;
+                let fd = self
+                    .root
+                    .open_dir(parent, OFlags::RDONLY)
+                    .map_err(|error| filesystem("opening", parent, error))?;
+                rustix::fs::fsetxattr(&fd, OVERLAY_OPAQUE_XATTR, b"y", XattrFlags::empty())
+                    .map_err(|errno| filesystem("marking opaque", raw_path, errno))
+            }
+            WhiteoutMode::Apply => {
+                self.root.forget_cached_parent();
+                let fd = match self.root.open_dir(parent, OFlags::RDONLY) {
+                    Ok(fd) => fd,
+                    Err(error)
+                        if matches!(error.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) =>
+                    {
+                        return Ok(())
+                    }
+                    Err(error) => return Err(filesystem("opening", parent, error)),
+                };
+                self.clear_opaque(fd.as_fd(), parent)
+            }
+            WhiteoutMode::Keep => Ok(()),
+        }
+    }
+
+    /// Removes from a directory everything this layer did not put there.
+    fn clear_opaque(&self, dir: BorrowedFd<'_>, dir_path: &[u8]) -> Result<(), ArchiveError> {
+        let names = list_names(dir).map_err(|error| filesystem("listing", dir_path, error))?;
+        let unpacked = self.unpacked.as_ref();
+        for (name, file_type) in names {
+            let child_path = join(dir_path, name.as_bytes());
+            let kept = unpacked.is_some_and(|set| set.contains(&child_path));
+            if !kept {
+                remove_at(dir, name.as_bytes())
+                    .map_err(|error| filesystem("removing", &child_path, error))?;
+                continue;
+            }
+            let is_directory = match file_type {
+                FileType::Directory => true,
+                FileType::Unknown => lstat_at(dir, name.as_bytes())
+                    .map(|stat| FileType::from_raw_mode(stat.st_mode) == FileType::Directory)
+                    .map_err(|error| filesystem("reading metadata of", &child_path, error))?,
+                _ => false,
+            };
+            if is_directory {
+                let child = rustix::fs::openat(
+                    dir,
+                    name.as_c_str(),
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|errno| filesystem("opening", &child_path, errno))?;
+                self.clear_opaque(child.as_fd(), &child_path)?;
+            }
+        }
+        Ok(())
+    }
+}
