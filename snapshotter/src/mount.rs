@@ -1,6 +1,7 @@
-//! Overlay mounts: the new mount API with one `lowerdir+` per layer (no length limit), and
-//! the classic `mount(2)` with the options string as a fallback (relative paths from a thread
-//! with its own working directory when absolute ones do not fit in a page).
+//! Overlay mounts: the new mount API with one `lowerdir+` per layer (no total length limit),
+//! and the classic `mount(2)` with the options string as a fallback. Both name layers relative
+//! to `snapshots/` from a short-lived thread with its own working directory, so paths stay
+//! short (fsconfig strings are limited to 255 bytes, mount options to one page).
 
 use std::ffi::CString;
 use std::io;
@@ -102,7 +103,51 @@ enum NewApiError {
     Failed(StoreError),
 }
 
+/// Runs `work` in a short-lived thread whose working directory is `base`: the thread first
+/// leaves the process-wide fs struct (`unshare(CLONE_FS)`), so its `chdir` moves no other
+/// thread. Paths relative to `base` stay short whatever the root's length.
+fn in_directory<T: Send>(base: &Path, work: impl FnOnce() -> T + Send) -> io::Result<T> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> io::Result<T> {
+                // SAFETY: unshare(CLONE_FS) only affects the calling thread's fs struct.
+                if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                std::env::set_current_dir(base)?;
+                Ok(work())
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("mount thread panicked")))
+    })
+}
+
+/// `path` relative to `base` when it lies under it (fsconfig strings are limited to 255
+/// bytes), else as is.
+fn relative_to<'p>(path: &'p Path, base: &Path) -> &'p Path {
+    match path.strip_prefix(base) {
+        Ok(relative) if !relative.as_os_str().is_empty() => relative,
+        _ => path,
+    }
+}
+
 fn mount_new_api(target: &Path, spec: &OverlaySpec<'_>) -> std::result::Result<(), NewApiError> {
+    let outcome = in_directory(spec.base, || configure_and_mount(target, spec));
+    match outcome {
+        Ok(result) => result,
+        Err(error) => Err(NewApiError::Failed(mount_error(
+            target,
+            spec,
+            format!("enter {}", spec.base.display()),
+            error,
+        ))),
+    }
+}
+
+fn configure_and_mount(
+    target: &Path,
+    spec: &OverlaySpec<'_>,
+) -> std::result::Result<(), NewApiError> {
     let context = match fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC) {
         Ok(context) => context,
         Err(errno) if errno == rustix::io::Errno::NOSYS => {
@@ -127,7 +172,8 @@ fn mount_new_api(target: &Path, spec: &OverlaySpec<'_>) -> std::result::Result<(
         ))
     };
     for (index, lower) in spec.lowers.iter().enumerate() {
-        if let Err(errno) = fsconfig_set_string(&context, "lowerdir+", lower.as_path()) {
+        let lower = relative_to(lower, spec.base);
+        if let Err(errno) = fsconfig_set_string(&context, "lowerdir+", lower) {
             if index == 0 && errno == rustix::io::Errno::INVAL {
                 return Err(NewApiError::Unsupported(errno.into()));
             }
@@ -135,6 +181,8 @@ fn mount_new_api(target: &Path, spec: &OverlaySpec<'_>) -> std::result::Result<(
         }
     }
     if let Some((upper, work)) = spec.upper_and_work {
+        let upper = relative_to(upper, spec.base);
+        let work = relative_to(work, spec.base);
         fsconfig_set_string(&context, "upperdir", upper)
             .map_err(|errno| failed(format!("upperdir {}", upper.display()), errno))?;
         fsconfig_set_string(&context, "workdir", work)
@@ -273,42 +321,17 @@ fn mount_legacy(target: &Path, spec: &OverlaySpec<'_>) -> Result<()> {
             io::ErrorKind::InvalidInput.into(),
         )
     })?;
-    let base = spec.base.to_path_buf();
-    let target_owned = target.to_path_buf();
-    // The working directory is per process unless a thread unshares it: do the chdir in a
-    // thread of our own that first leaves the shared fs struct, so no other thread is moved.
-    let result = std::thread::scope(|scope| {
-        scope
-            .spawn(move || -> io::Result<()> {
-                // SAFETY: unshare(CLONE_FS) only affects the calling thread's fs struct.
-                if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                std::env::set_current_dir(&base)?;
-                rustix::mount::mount(
-                    "overlay",
-                    &target_owned,
-                    "overlay",
-                    flags,
-                    options.as_c_str(),
-                )
-                .map_err(io::Error::from)
-            })
-            .join()
+    let result = in_directory(spec.base, || {
+        rustix::mount::mount("overlay", target, "overlay", flags, options.as_c_str())
+            .map_err(io::Error::from)
     });
-    match result {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(mount_error(
+    match result.and_then(|inner| inner) {
+        Ok(()) => Ok(()),
+        Err(error) => Err(mount_error(
             target,
             spec,
             "mount(2) with relative paths".into(),
             error,
-        )),
-        Err(_) => Err(mount_error(
-            target,
-            spec,
-            "mount thread panicked".into(),
-            io::ErrorKind::Other.into(),
         )),
     }
 }

@@ -101,8 +101,9 @@ impl RoleChild {
     pub fn wait_for(&mut self, marker: &str) -> String {
         for line in self.lines.by_ref() {
             let line = line.expect("read child output");
-            if let Some(rest) = line.strip_prefix(marker) {
-                return rest.trim().to_string();
+            // libtest may print "test name ... " before the child's own output.
+            if let Some(position) = line.find(marker) {
+                return line[position + marker.len()..].trim().to_string();
             }
         }
         panic!("child exited before printing {marker}");
