@@ -338,9 +338,11 @@ impl RegistryClient {
                         message: format!("redirect to unsupported scheme {}", target.scheme()),
                     });
                 }
+                // A downgrade is allowed only to a host the user named as insecure; loopback
+                // does not count here (a redirect is the server's choice, not the user's).
                 if url.scheme() == "https" && target.scheme() == "http" {
                     let target_host = host_and_port(&target);
-                    if !self.uses_plain_http(&target_host) {
+                    if !options.insecure_registries.contains(&target_host) {
                         return Err(RegistryError::InsecureRedirect {
                             from: url.to_string(),
                             to: target.to_string(),

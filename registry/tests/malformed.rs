@@ -313,3 +313,52 @@ async fn reset_mid_manifest_is_retried() {
         .unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn https_to_http_redirect_is_refused_unless_named_insecure() {
+    let plain = HttpServer::start("127.0.0.2", |_| {
+        HttpResponse::new(200).body(b"x".to_vec()).into()
+    })
+    .unwrap();
+    let plain_url = format!("{}/blob", plain.url());
+    let (secure, certificate) = HttpServer::start_tls("127.0.0.1", move |_| {
+        HttpResponse::new(307).header("Location", &plain_url).into()
+    })
+    .unwrap();
+    let options = |insecure: Vec<String>| ClientOptions {
+        credentials: CredentialStore::empty(),
+        https_registries: vec![secure.address()],
+        insecure_registries: insecure,
+        extra_root_certificates_pem: vec![certificate.as_bytes().to_vec()],
+        ..ClientOptions::default()
+    };
+    let descriptor = Descriptor::new("application/octet-stream", Digest::of_bytes(b"x"), 1);
+    let reference = reference_on(&secure, "a/b:c");
+
+    let client = RegistryClient::with_options(options(vec![])).unwrap();
+    let error = client
+        .pull_blob_to_writer(
+            &reference,
+            &descriptor,
+            BlobProgress::new(),
+            &mut Vec::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, RegistryError::InsecureRedirect { .. }),
+        "{error:?}"
+    );
+    assert!(
+        plain.requests().is_empty(),
+        "the plain HTTP host was contacted"
+    );
+
+    let client = RegistryClient::with_options(options(vec![plain.address()])).unwrap();
+    let mut sink = Vec::new();
+    client
+        .pull_blob_to_writer(&reference, &descriptor, BlobProgress::new(), &mut sink)
+        .await
+        .unwrap();
+    assert_eq!(sink, b"x");
+}

@@ -96,12 +96,30 @@ impl From<HttpResponse> for Reply {
 
 type Handler = dyn Fn(&HttpRequest) -> Reply + Send + Sync;
 
+/// A served connection: plain TCP or TLS over TCP.
+trait Connection: Read + Write {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Connection for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Connection for rustls::StreamOwned<rustls::ServerConnection, TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        &self.sock
+    }
+}
+
 /// A blocking HTTP server on a loopback address, one thread per connection. Stops on drop.
 pub struct HttpServer {
     address: std::net::SocketAddr,
     stopping: Arc<AtomicBool>,
     acceptor: Option<JoinHandle<()>>,
     log: Arc<Mutex<Vec<HttpRequest>>>,
+    tls: bool,
 }
 
 impl HttpServer {
@@ -110,11 +128,53 @@ impl HttpServer {
         ip: &str,
         handler: impl Fn(&HttpRequest) -> Reply + Send + Sync + 'static,
     ) -> io::Result<Self> {
+        Self::start_inner(ip, None, handler)
+    }
+
+    /// Serves HTTPS on `ip` with a fresh self-signed certificate for `127.0.0.1`, `127.0.0.2`
+    /// and `localhost`; returns the server and the certificate's PEM (to trust it).
+    pub fn start_tls(
+        ip: &str,
+        handler: impl Fn(&HttpRequest) -> Reply + Send + Sync + 'static,
+    ) -> io::Result<(Self, String)> {
+        let failed = |error: String| io::Error::other(format!("TLS setup: {error}"));
+        let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|error| failed(error.to_string()))?;
+        let params = rcgen::CertificateParams::new(vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "127.0.0.2".to_string(),
+        ])
+        .map_err(|error| failed(error.to_string()))?;
+        let certificate = params
+            .self_signed(&key_pair)
+            .map_err(|error| failed(error.to_string()))?;
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(
+            rustls::pki_types::PrivatePkcs8KeyDer::from(key_pair.serialize_der()),
+        );
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|error| failed(error.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(vec![certificate.der().clone()], key)
+        .map_err(|error| failed(error.to_string()))?;
+        let server = Self::start_inner(ip, Some(Arc::new(config)), handler)?;
+        Ok((server, certificate.pem()))
+    }
+
+    fn start_inner(
+        ip: &str,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        handler: impl Fn(&HttpRequest) -> Reply + Send + Sync + 'static,
+    ) -> io::Result<Self> {
         let listener = TcpListener::bind((ip, 0))?;
         let address = listener.local_addr()?;
         let stopping = Arc::new(AtomicBool::new(false));
         let log = Arc::new(Mutex::new(Vec::new()));
         let handler: Arc<Handler> = Arc::new(handler);
+        let is_tls = tls.is_some();
         let acceptor = {
             let stopping = stopping.clone();
             let log = log.clone();
@@ -127,8 +187,19 @@ impl HttpServer {
                     let handler = handler.clone();
                     let log = log.clone();
                     let stopping = stopping.clone();
+                    let tls = tls.clone();
                     std::thread::spawn(move || {
-                        serve_connection(stream, &*handler, &log, &stopping)
+                        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                        match tls {
+                            None => serve_connection(stream, &*handler, &log, &stopping),
+                            Some(config) => {
+                                let Ok(session) = rustls::ServerConnection::new(config) else {
+                                    return;
+                                };
+                                let stream = rustls::StreamOwned::new(session, stream);
+                                serve_connection(stream, &*handler, &log, &stopping)
+                            }
+                        }
                     });
                 }
             })
@@ -138,6 +209,7 @@ impl HttpServer {
             stopping,
             acceptor: Some(acceptor),
             log,
+            tls: is_tls,
         })
     }
 
@@ -146,9 +218,10 @@ impl HttpServer {
         self.address.to_string()
     }
 
-    /// `http://ip:port`
+    /// `http://ip:port` (or `https://` for a TLS server).
     pub fn url(&self) -> String {
-        format!("http://{}", self.address)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.address)
     }
 
     /// Every request served so far.
@@ -168,17 +241,12 @@ impl Drop for HttpServer {
     }
 }
 
-fn serve_connection(
-    stream: TcpStream,
+fn serve_connection<C: Connection>(
+    stream: C,
     handler: &Handler,
     log: &Mutex<Vec<HttpRequest>>,
     stopping: &AtomicBool,
 ) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let Ok(writer) = stream.try_clone() else {
-        return;
-    };
-    let mut writer = writer;
     let mut reader = BufReader::new(stream);
     while !stopping.load(Ordering::SeqCst) {
         let request = match read_request(&mut reader) {
@@ -189,18 +257,19 @@ fn serve_connection(
             log.push(request.clone());
         }
         let head_only = request.method == "HEAD";
+        let writer = reader.get_mut();
         match handler(&request) {
             Reply::Respond(response) => {
-                if write_response(&mut writer, &response, head_only).is_err() {
+                if write_response(writer, &response, head_only).is_err() {
                     return;
                 }
             }
             Reply::CutAfter(response, bytes) => {
-                let _ = write_head(&mut writer, &response, response.body.len());
+                let _ = write_head(writer, &response, response.body.len());
                 let cut = bytes.min(response.body.len());
                 let _ = writer.write_all(&response.body[..cut]);
                 let _ = writer.flush();
-                reset(&writer);
+                reset(writer.tcp());
                 return;
             }
         }
