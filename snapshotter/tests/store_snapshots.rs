@@ -275,7 +275,12 @@ fn deep_chain(method: MountMethod, layers: usize) {
         .map(|path| path.as_os_str().len() + 1)
         .sum();
     assert!(absolute_length > 4096, "{absolute_length}");
+    let started = std::time::Instant::now();
     let active = snapshotter.prepare(&lease, Some(&top)).unwrap();
+    eprintln!(
+        "{method:?}: prepare of a {layers}-layer chain took {:?}",
+        started.elapsed()
+    );
     let merged = active.mountpoint();
     assert_eq!(
         fs::read_to_string(merged.join("top")).unwrap(),
@@ -418,4 +423,44 @@ fn stored_image_resolves_to_its_snapshot_chain() {
 #[allow(dead_code)]
 fn exists(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok()
+}
+
+/// Past what one page of relative paths holds: the new mount API still mounts; the legacy
+/// path refuses with a clear error (flattening is not implemented).
+#[test]
+fn chain_of_300_layers_mounts_with_lowerdir_plus_and_is_refused_by_legacy() {
+    let root = TestRoot::with_prefix_len(300);
+    let store = open(&root, MountMethod::NewMountApi);
+    let lease = store.lease("test").unwrap();
+    let mut parent: Option<SnapshotId> = None;
+    for index in 0..300 {
+        let content = index.to_string();
+        parent = Some(unpack(
+            &store,
+            &lease,
+            &format!("deep-{index}"),
+            parent.as_ref(),
+            &[("top", content.as_str())],
+        ));
+    }
+    let top = parent.unwrap();
+    let active = store.snapshotter().prepare(&lease, Some(&top)).unwrap();
+    assert_eq!(
+        fs::read_to_string(active.mountpoint().join("top")).unwrap(),
+        "299"
+    );
+    drop(active);
+    drop(lease);
+    drop(store);
+    let legacy = open(&root, MountMethod::Legacy);
+    let lease = legacy.lease("test").unwrap();
+    let error = legacy
+        .snapshotter()
+        .prepare(&lease, Some(&top))
+        .unwrap_err();
+    assert!(
+        matches!(error, StoreError::MountOptionsTooLong { layers: 300, .. }),
+        "{error}"
+    );
+    assert!(mounts_under(&root.path().join("snapshots")).is_empty());
 }
