@@ -244,3 +244,25 @@ fn transaction_cost_figure() {
     let read = started.elapsed() / 200;
     eprintln!("metadata write transaction: {write:?}, read transaction: {read:?}");
 }
+
+/// A writer that keeps the database locked past the busy timeout gives a clear error, not a
+/// hang; reads still work meanwhile (WAL), and writes work again once it lets go.
+#[test]
+fn a_stuck_writer_elsewhere_is_reported_as_busy() {
+    let root = TestRoot::new();
+    let store = Store::open_with(
+        root.path(),
+        kiln_snapshotter::StoreOptions::default()
+            .with_busy_timeout(std::time::Duration::from_millis(300)),
+    )
+    .unwrap();
+    let blob = stored_descriptor(&store, b"busy");
+    store.put_image("before:1", &blob).unwrap();
+    let other = rusqlite::Connection::open(store.metadata_path()).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let error = store.put_image("during:1", &blob).unwrap_err();
+    assert!(matches!(error, StoreError::MetadataBusy { .. }), "{error}");
+    assert!(store.image("before:1").unwrap().is_some());
+    other.execute_batch("ROLLBACK").unwrap();
+    store.put_image("after:1", &blob).unwrap();
+}
