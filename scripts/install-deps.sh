@@ -9,6 +9,7 @@ packages=(
   skopeo           # a third-party reader of kiln's exported images
   iproute2         # ip, for network namespace checks
   zstd
+  gcc              # C compiler for the SQLite that rusqlite bundles (kiln-snapshotter metadata)
 )
 
 missing=()
