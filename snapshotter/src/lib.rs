@@ -44,7 +44,8 @@
 //! that creates something (a blob writer, an unpack, an active snapshot, a view, a cache
 //! mount) adds it to the caller's lease in the same transaction that creates its record, so a
 //! concurrent prune in another process can never delete it between its creation and the
-//! image tag or cache record that will keep it.
+//! image tag or cache record that will keep it. All kiln processes sharing a root must see
+//! each other's pids (one PID namespace): a lease whose pid is not visible counts as dead.
 //!
 //! # Crash recovery
 //! [`Store::open`] runs [`Store::recover`]: stale leases are forgotten, the active snapshots
