@@ -180,6 +180,7 @@ impl RegistryClient {
         } else {
             let chunk_size = self.options().upload_chunk_size.max(1) as u64;
             let mut offset = 0u64;
+            let mut recoveries = 0u32;
             while offset < size {
                 let length = chunk_size.min(size - offset);
                 let chunk = read_range(source, offset, length).await?;
@@ -193,12 +194,46 @@ impl RegistryClient {
                     header_value(&format!("{offset}-{}", offset + length - 1))?,
                 );
                 request.body = Some(chunk);
-                let response = self.send(request).await?;
-                if response.status() != StatusCode::ACCEPTED {
-                    return Err(status_error("PATCH", &location, response).await);
+                match self.send(request).await {
+                    Ok(response) if response.status() == StatusCode::ACCEPTED => {
+                        location = location_of(&location, &response)?;
+                        offset += length;
+                        continue;
+                    }
+                    // The registry holds a different amount than we thought (a retried
+                    // PATCH whose first try arrived): 416, or distribution's 404
+                    // BLOB_UPLOAD_INVALID for a stale `_state`. Recover below.
+                    Ok(response)
+                        if matches!(
+                            response.status(),
+                            StatusCode::RANGE_NOT_SATISFIABLE
+                                | StatusCode::NOT_FOUND
+                                | StatusCode::BAD_REQUEST
+                        ) => {}
+                    Ok(response) => return Err(status_error("PATCH", &location, response).await),
+                    Err(error) if error.is_transient() => {}
+                    Err(error) => return Err(error),
                 }
-                location = location_of(&location, &response)?;
-                offset += length;
+                if recoveries >= self.options().max_attempts {
+                    return Err(RegistryError::InvalidResponse {
+                        url: location.to_string(),
+                        message: format!("upload stalled at byte {offset} of {size}"),
+                    });
+                }
+                recoveries += 1;
+                tokio::time::sleep(self.backoff(recoveries)).await;
+                // Ask where the session stands; a registry that dropped the session
+                // (distribution cancels one resumed at a stale offset) gets a fresh one.
+                match self.upload_status(reference, &location).await {
+                    Ok((status_location, received)) => {
+                        location = status_location;
+                        offset = received.min(size);
+                    }
+                    Err(_) => {
+                        location = self.start_upload(reference).await?;
+                        offset = 0;
+                    }
+                }
             }
         }
         let mut url = location.clone();
@@ -213,11 +248,63 @@ impl RegistryClient {
             .headers
             .insert(CONTENT_LENGTH, header_value(&final_body.len().to_string())?);
         request.body = Some(final_body);
-        let response = self.send(request).await?;
-        if response.status() != StatusCode::CREATED {
-            return Err(status_error("PUT", &url, response).await);
+        let failure = match self.send(request).await {
+            Ok(response) if response.status() == StatusCode::CREATED => return Ok(()),
+            Ok(response) => status_error("PUT", &url, response).await,
+            Err(error) => error,
+        };
+        // A PUT whose answer was lost may have been committed (a retry then finds the
+        // upload gone): the blob being there is success.
+        if self
+            .blob_exists(reference, &descriptor.digest)
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            return Ok(());
         }
-        Ok(())
+        Err(failure)
+    }
+
+    /// How many bytes an upload session holds (`GET <location>` -> 204 with
+    /// `Range: 0-<last>`), and its current location.
+    async fn upload_status(
+        &self,
+        reference: &Reference,
+        location: &Url,
+    ) -> Result<(Url, u64), RegistryError> {
+        let request = Request::new(
+            Method::GET,
+            location.clone(),
+            AuthMode::Registry {
+                registry: reference.registry(),
+                scopes: vec![Scope::push(reference.repository())],
+            },
+        );
+        let response = self.send(request).await?;
+        if response.status() != StatusCode::NO_CONTENT {
+            return Err(status_error("GET", location, response).await);
+        }
+        let range = response
+            .headers()
+            .get(reqwest::header::RANGE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("0-0")
+            .to_string();
+        let received = range
+            .trim()
+            .trim_start_matches("bytes=")
+            .split_once('-')
+            .and_then(|(_, last)| last.trim().parse::<u64>().ok())
+            // `0-0` means nothing (distribution writes it for an empty upload).
+            .map(|last| if last == 0 { 0 } else { last + 1 })
+            .unwrap_or(0);
+        let next = match response.headers().get(LOCATION) {
+            Some(_) => location_of(location, &response)?,
+            None => location.clone(),
+        };
+        Ok((next, received))
     }
 
     /// PUTs a manifest or index under `reference`'s tag (or digest); returns its digest.

@@ -276,3 +276,65 @@ async fn push_survives_overload_answers() {
     let resolved = setup.client.resolve(&reference, None).await.unwrap();
     assert_eq!(resolved.manifest.bytes, image.manifest_bytes);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_upload_recovers_when_a_patch_answer_is_lost() {
+    let setup = setup().await;
+    let mut options = setup.client.options().clone();
+    options.monolithic_upload_limit = 1000;
+    options.upload_chunk_size = 64 * 1024;
+    let client = RegistryClient::with_options(options).unwrap();
+    let contents: Vec<u8> = (0..300_000u32).map(|index| (index % 241) as u8).collect();
+    let descriptor = kiln_types::Descriptor::new(
+        "application/octet-stream",
+        kiln_types::Digest::of_bytes(&contents),
+        contents.len() as u64,
+    );
+    // The second PATCH reaches the registry but its answer is lost; the final PUT's too.
+    setup.proxy.inject(
+        Some("PATCH"),
+        "/blobs/uploads/",
+        Fault::Status {
+            status: 503,
+            headers: vec![],
+        },
+        1,
+    );
+    setup
+        .proxy
+        .inject(Some("PATCH"), "/blobs/uploads/", Fault::DropResponse, 1);
+    setup
+        .proxy
+        .inject(Some("PUT"), "/blobs/uploads/", Fault::DropResponse, 1);
+    let reference = setup.reference.with_repository("faults/chunked").unwrap();
+    let outcome = client
+        .push_blob(
+            &reference,
+            &descriptor,
+            kiln_registry::BlobSource::Bytes(bytes::Bytes::from(contents.clone())),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome, kiln_registry::BlobPushOutcome::Uploaded);
+    let mut pulled = Vec::new();
+    client
+        .pull_blob_to_writer(&reference, &descriptor, BlobProgress::new(), &mut pulled)
+        .await
+        .unwrap();
+    assert_eq!(pulled, contents);
+    let log: Vec<(String, u16)> = setup
+        .proxy
+        .requests()
+        .iter()
+        .filter(|request| request.path.contains("/blobs/uploads/"))
+        .map(|request| (request.method.clone(), request.status))
+        .collect();
+    // distribution cancels a session resumed at a stale offset, so after the lost answer the
+    // status query fails and a fresh session is opened: two POSTs in all.
+    let posts = log.iter().filter(|(method, _)| method == "POST").count();
+    assert_eq!(posts, 2, "{log:?}");
+    // The committing PUT's answer was lost; its retry finds the session gone, and the blob
+    // being present counts as success.
+    let puts = log.iter().filter(|(method, _)| method == "PUT").count();
+    assert_eq!(puts, 2, "{log:?}");
+}

@@ -362,3 +362,60 @@ async fn https_to_http_redirect_is_refused_unless_named_insecure() {
         .unwrap();
     assert_eq!(sink, b"x");
 }
+
+/// Docker's `identitytoken` is an OAuth2 refresh token: exchanged with a form POST.
+#[tokio::test]
+async fn identity_token_is_exchanged_with_a_form_post() {
+    let server = HttpServer::start("127.0.0.1", |request| {
+        if request.path() == "/token" {
+            let form = String::from_utf8_lossy(&request.body).into_owned();
+            let ok = request.method == "POST"
+                && form.contains("grant_type=refresh_token")
+                && form.contains("refresh_token=the-refresh-token")
+                && form.contains("scope=repository%3Aa%2Fb%3Apull");
+            return if ok {
+                HttpResponse::new(200)
+                    .body(r#"{"access_token":"exchanged","expires_in":300}"#)
+                    .into()
+            } else {
+                HttpResponse::registry_error(401, "DENIED", "bad refresh token").into()
+            };
+        }
+        if request.header("authorization") != Some("Bearer exchanged") {
+            let host = request.header("host").unwrap_or("").to_string();
+            return HttpResponse::registry_error(401, "UNAUTHORIZED", "token needed")
+                .header(
+                    "WWW-Authenticate",
+                    &format!("Bearer realm=\"http://{host}/token\",service=\"scripted\""),
+                )
+                .into();
+        }
+        HttpResponse::new(200)
+            .header("Content-Type", OCI_MANIFEST)
+            .body(sample_manifest(OCI_MANIFEST))
+            .into()
+    })
+    .unwrap();
+    let mut credentials = CredentialStore::empty();
+    credentials.fixed.insert(
+        server.address(),
+        Credential::IdentityToken("the-refresh-token".into()),
+    );
+    client_with(credentials)
+        .fetch_manifest(&reference_on(&server, "a/b:c"))
+        .await
+        .unwrap();
+    let methods: Vec<String> = server
+        .requests()
+        .iter()
+        .map(|request| format!("{} {}", request.method, request.path()))
+        .collect();
+    assert_eq!(
+        methods,
+        [
+            "GET /v2/a/b/manifests/c",
+            "POST /token",
+            "GET /v2/a/b/manifests/c"
+        ]
+    );
+}

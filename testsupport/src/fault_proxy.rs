@@ -25,6 +25,9 @@ pub enum Fault {
     CorruptBody,
     /// Forward without the request's `Range` header (the upstream answers 200 in full).
     IgnoreRange,
+    /// Forward (the upstream acts on the request), then reset without answering: the client
+    /// cannot know whether its request took effect.
+    DropResponse,
 }
 
 #[derive(Debug, Clone)]
@@ -249,6 +252,10 @@ fn proxy_connection(
             body: answer.body,
         };
         match fault {
+            Some(Fault::DropResponse) => {
+                reset(&writer);
+                return;
+            }
             Some(Fault::CutBody { after_bytes }) if !head_request => {
                 let _ = write_head(&mut writer, &response, response.body.len());
                 let cut = after_bytes.min(response.body.len());
