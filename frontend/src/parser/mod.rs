@@ -51,6 +51,10 @@ pub fn is_known_instruction(keyword: &str) -> bool {
 /// The longest line accepted, in bytes, without its newline (BuildKit's scanner limit).
 pub const MAX_LINE_LENGTH: usize = 65_535;
 
+/// How deep ONBUILD may wrap ONBUILD before the parser gives up (BuildKit has no limit, and its
+/// next layer rejects any `ONBUILD ONBUILD`; kiln keeps one so no input can exhaust the stack).
+pub const MAX_ONBUILD_NESTING: usize = 16;
+
 /// The parser directives kiln knows (`# syntax=`, `# escape=`, `# check=`).
 pub const DIRECTIVES: &[&str] = &["syntax", "escape", "check"];
 
@@ -325,7 +329,7 @@ impl<'a> Parser<'a> {
                 });
             }
 
-            let mut node = new_node_from_line(&line, self.escape, std::mem::take(&mut comments))
+            let mut node = new_node_from_line(&line, self.escape, std::mem::take(&mut comments), 0)
                 .map_err(|message| self.error_at(start_line, message))?;
 
             if can_contain_heredoc(&node) && line.contains("<<") {
@@ -399,7 +403,12 @@ fn after_first_character(line: &str) -> &str {
 }
 
 /// Splits a joined line and parses its arguments for its instruction.
-fn new_node_from_line(line: &str, escape: char, prev_comment: Vec<String>) -> Result<Node, String> {
+fn new_node_from_line(
+    line: &str,
+    escape: char,
+    prev_comment: Vec<String>,
+    nesting: usize,
+) -> Result<Node, String> {
     let (command, flags, rest) = line_parsers::split_command(line, escape);
     let keyword = command.to_lowercase();
     let parsed = match keyword.as_str() {
@@ -418,7 +427,12 @@ fn new_node_from_line(line: &str, escape: char, prev_comment: Vec<String>) -> Re
                     json_form: false,
                 }
             } else {
-                let inner = new_node_from_line(&rest, escape, Vec::new())?;
+                if nesting >= MAX_ONBUILD_NESTING {
+                    return Err(format!(
+                        "ONBUILD nested more than {MAX_ONBUILD_NESTING} deep"
+                    ));
+                }
+                let inner = new_node_from_line(&rest, escape, Vec::new(), nesting + 1)?;
                 ParsedArgs {
                     args: Args::Nested(Box::new(inner)),
                     json_form: false,

@@ -87,7 +87,14 @@ pub enum LexErrorKind {
     Required { name: String, message: String },
     #[error("invalid pattern ({pattern}) in substitution: {reason}")]
     InvalidPattern { pattern: String, reason: String },
+    /// `${` nested deeper than [`MAX_SUBSTITUTION_DEPTH`] (BuildKit has no limit; kiln keeps
+    /// one so that no input can exhaust the stack).
+    #[error("substitutions nested more than {limit} deep")]
+    NestedTooDeep { limit: usize },
 }
+
+/// How deep `$`-substitutions may nest (`${A:-${B:-...}}`).
+pub const MAX_SUBSTITUTION_DEPTH: usize = 64;
 
 /// A word that could not be processed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -247,6 +254,7 @@ struct ShellWord<'a> {
     scanner: Scanner,
     raw_escapes: bool,
     words_buffer: String,
+    depth: usize,
     matched: BTreeSet<String>,
     unmatched: BTreeSet<String>,
 }
@@ -271,6 +279,7 @@ impl<'a> ShellWord<'a> {
             scanner: Scanner::new(word),
             raw_escapes: lexer.raw_escapes,
             words_buffer: String::new(),
+            depth: 0,
             matched: BTreeSet::new(),
             unmatched: BTreeSet::new(),
         }
@@ -411,6 +420,18 @@ impl<'a> ShellWord<'a> {
     }
 
     fn process_dollar(&mut self) -> Outcome<String> {
+        if self.depth >= MAX_SUBSTITUTION_DEPTH {
+            return Err(LexErrorKind::NestedTooDeep {
+                limit: MAX_SUBSTITUTION_DEPTH,
+            });
+        }
+        self.depth += 1;
+        let outcome = self.process_dollar_inner();
+        self.depth -= 1;
+        outcome
+    }
+
+    fn process_dollar_inner(&mut self) -> Outcome<String> {
         self.scanner.next();
 
         // `$name`
