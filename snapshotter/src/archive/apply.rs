@@ -10,12 +10,13 @@ use std::path::Path;
 use std::rc::Rc;
 
 use kiln_types::Digest;
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timestamps, XattrFlags};
 use rustix::io::Errno;
 
 use super::compression::{decompressing_reader, CountingReader, HashingReader};
 use super::path::{clean_entry_path, join, split_parent};
 use super::root::{chmod_path_fd, list_names, lstat_at, proc_path, remove_at, Root};
+use super::tar_reader::{TarEntry, TarReader};
 use super::{
     display_path, ArchiveError, Compression, OVERLAY_OPAQUE_XATTR, WHITEOUT_OPAQUE, WHITEOUT_PREFIX,
 };
@@ -121,19 +122,16 @@ pub fn apply_layer<R: Read>(
         source: error,
     })?;
     let mut unpacker = Unpacker::new(root, options);
-    let mut archive = tar::Archive::new(BufReader::with_capacity(TAR_BUFFER, hashing));
+    let mut reader = TarReader::new(BufReader::with_capacity(TAR_BUFFER, hashing));
+    while let Some(entry) = reader
+        .next_entry()
+        .map_err(|error| too_large(ArchiveError::Read(error)))?
     {
-        let entries = archive
-            .entries()
-            .map_err(|error| too_large(ArchiveError::Read(error)))?;
-        for entry in entries {
-            let mut entry = entry.map_err(|error| too_large(ArchiveError::Read(error)))?;
-            unpacker.entry(&mut entry).map_err(&too_large)?;
-        }
+        unpacker.entry(&mut reader, entry).map_err(&too_large)?;
     }
     // The tar's end-of-archive marker (and any padding after it) is part of the stream the
     // diffID covers: read everything to the end.
-    let mut rest = archive.into_inner();
+    let mut rest = reader.into_inner();
     io::copy(&mut rest, &mut io::sink()).map_err(|error| too_large(ArchiveError::Read(error)))?;
     let (diff_id, uncompressed_size) = rest.into_inner().finish();
     unpacker.finish()?;
@@ -179,45 +177,6 @@ fn invalid(path: &[u8], reason: impl Into<String>) -> ArchiveError {
     }
 }
 
-/// Parses a PAX time (`"1700000000"`, `"1700000000.5"`, `"-1.25"`).
-fn parse_pax_time(value: &[u8]) -> Option<Timespec> {
-    let text = std::str::from_utf8(value).ok()?;
-    let (negative, text) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
-    };
-    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
-    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    if !fraction.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let seconds: i64 = whole.parse().ok()?;
-    let mut nanos: i64 = 0;
-    for (index, digit) in fraction.bytes().take(9).enumerate() {
-        nanos += i64::from(digit - b'0') * 10i64.pow(8 - index as u32);
-    }
-    Some(if negative {
-        if nanos > 0 {
-            Timespec {
-                tv_sec: -seconds - 1,
-                tv_nsec: 1_000_000_000 - nanos,
-            }
-        } else {
-            Timespec {
-                tv_sec: -seconds,
-                tv_nsec: 0,
-            }
-        }
-    } else {
-        Timespec {
-            tv_sec: seconds,
-            tv_nsec: nanos,
-        }
-    })
-}
-
 fn is_overlay_xattr(name: &[u8]) -> bool {
     name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
 }
@@ -252,34 +211,31 @@ impl Unpacker {
         }
     }
 
-    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), ArchiveError> {
-        let entry_type = entry.header().entry_type();
-        if entry_type.is_pax_global_extensions() {
-            return Ok(());
-        }
-        let raw_path = entry.path_bytes().into_owned();
-        let path = clean_entry_path(&raw_path).map_err(|reason| ArchiveError::UnsafePath {
-            path: display_path(&raw_path),
+    fn entry<R: Read>(
+        &mut self,
+        reader: &mut TarReader<R>,
+        entry: TarEntry,
+    ) -> Result<(), ArchiveError> {
+        let raw_path = &entry.path;
+        let path = clean_entry_path(raw_path).map_err(|reason| ArchiveError::UnsafePath {
+            path: display_path(raw_path),
             reason,
         })?;
-        let metadata = self.metadata(entry, &raw_path)?;
+        let metadata = Self::metadata(&entry)?;
         self.entries += 1;
 
         let (parent, name) = split_parent(&path);
         if self.whiteout_mode != WhiteoutMode::Keep && name.starts_with(WHITEOUT_PREFIX.as_bytes())
         {
             self.whiteouts += 1;
-            return self.whiteout(parent, name, &raw_path, &metadata);
+            return self.whiteout(parent, name, raw_path, &metadata);
         }
 
-        let type_byte = entry_type.as_byte();
-        // A V7 tar marks a directory as a regular file whose name ends in a slash.
-        let is_directory =
-            entry_type.is_dir() || (type_byte == 0 && raw_path.last() == Some(&b'/'));
+        let is_directory = entry.kind == b'5';
         if path.is_empty() {
             if !is_directory {
                 return Err(ArchiveError::UnsafePath {
-                    path: display_path(&raw_path),
+                    path: display_path(raw_path),
                     reason: "only a directory entry may name the destination itself",
                 });
             }
@@ -297,130 +253,60 @@ impl Unpacker {
             .parent(parent)
             .map_err(|error| filesystem("creating the parent directory of", &path, error))?;
         let parent_fd = parent_fd.as_fd();
-        if is_directory {
-            return self.directory(parent_fd, name, path.clone(), metadata);
-        }
-        match type_byte {
-            b'0' | 0 | b'7' | b'S' => self.regular_file(parent_fd, name, &path, entry, metadata),
+        match entry.kind {
+            b'5' => self.directory(parent_fd, name, path.clone(), metadata),
+            b'0' => self.regular_file(parent_fd, name, &path, reader, metadata),
             b'2' => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| invalid(&raw_path, "symlink without a target"))?
-                    .into_owned();
+                let target = &entry.link_name;
                 if target.is_empty() || target.contains(&0) {
-                    return Err(invalid(&raw_path, "symlink target is empty or has a NUL"));
+                    return Err(invalid(raw_path, "symlink target is empty or has a NUL"));
                 }
-                self.symlink(parent_fd, name, &path, &target, metadata)
+                self.symlink(parent_fd, name, &path, target, metadata)
             }
-            b'1' => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| invalid(&raw_path, "hardlink without a target"))?
-                    .into_owned();
-                self.hardlink(parent_fd, name, &path, &target)
-            }
+            b'1' => self.hardlink(parent_fd, name, &path, &entry.link_name),
             b'3' | b'4' | b'6' => {
-                let file_type = match type_byte {
+                let file_type = match entry.kind {
                     b'3' => FileType::CharacterDevice,
                     b'4' => FileType::BlockDevice,
                     _ => FileType::Fifo,
                 };
-                let header = entry.header();
-                let major = header
-                    .device_major()
-                    .map_err(|error| invalid(&raw_path, error.to_string()))?
-                    .unwrap_or(0);
-                let minor = header
-                    .device_minor()
-                    .map_err(|error| invalid(&raw_path, error.to_string()))?
-                    .unwrap_or(0);
-                let device = rustix::fs::makedev(major, minor);
+                let device = rustix::fs::makedev(entry.device_major, entry.device_minor);
                 self.node(parent_fd, name, &path, file_type, device, metadata)
             }
             other => Err(ArchiveError::UnsupportedEntryType {
-                path: display_path(&raw_path),
+                path: display_path(raw_path),
                 entry_type: char::from(other),
             }),
         }
     }
 
-    fn metadata<R: Read>(
-        &mut self,
-        entry: &mut tar::Entry<'_, R>,
-        raw_path: &[u8],
-    ) -> Result<Metadata, ArchiveError> {
-        let mut pax_mtime = None;
-        let mut pax_atime = None;
-        let mut xattrs = Vec::new();
-        if let Some(extensions) = entry.pax_extensions().map_err(ArchiveError::Read)? {
-            for extension in extensions {
-                let extension = extension.map_err(ArchiveError::Read)?;
-                let key = extension.key_bytes();
-                if key == b"mtime" {
-                    pax_mtime = Some(
-                        parse_pax_time(extension.value_bytes())
-                            .ok_or_else(|| invalid(raw_path, "invalid PAX mtime"))?,
-                    );
-                } else if key == b"atime" {
-                    pax_atime = parse_pax_time(extension.value_bytes());
-                } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                    if name.is_empty() || name.contains(&0) {
-                        return Err(invalid(raw_path, "invalid xattr name"));
-                    }
-                    // overlayfs' own xattrs come only from whiteout entries, never from a
-                    // tar: a layer must not redirect lookups or fake opaque directories.
-                    if !is_overlay_xattr(name) {
-                        xattrs.push((name.to_vec(), extension.value_bytes().to_vec()));
-                    }
-                }
+    fn metadata(entry: &TarEntry) -> Result<Metadata, ArchiveError> {
+        let raw_path = &entry.path;
+        let mut xattrs = Vec::with_capacity(entry.xattrs.len());
+        for (name, value) in &entry.xattrs {
+            if name.is_empty() || name.contains(&0) {
+                return Err(invalid(raw_path, "invalid xattr name"));
+            }
+            // overlayfs' own xattrs come only from whiteout entries, never from a tar: a
+            // layer must not redirect lookups or fake opaque directories.
+            if !is_overlay_xattr(name) {
+                xattrs.push((name.clone(), value.clone()));
             }
         }
-        let header = entry.header();
-        let mode = header
-            .mode()
-            .map_err(|error| invalid(raw_path, error.to_string()))?
-            & 0o7777;
-        let uid = header
-            .uid()
-            .map_err(|error| invalid(raw_path, error.to_string()))?;
-        let gid = header
-            .gid()
-            .map_err(|error| invalid(raw_path, error.to_string()))?;
         // u32::MAX is -1, "leave unchanged", to chown: not an owner.
-        let uid = u32::try_from(uid)
+        let uid = u32::try_from(entry.uid)
             .ok()
             .filter(|uid| *uid != u32::MAX)
-            .ok_or_else(|| invalid(raw_path, format!("uid {uid} out of range")))?;
-        let gid = u32::try_from(gid)
+            .ok_or_else(|| invalid(raw_path, format!("uid {} out of range", entry.uid)))?;
+        let gid = u32::try_from(entry.gid)
             .ok()
             .filter(|gid| *gid != u32::MAX)
-            .ok_or_else(|| invalid(raw_path, format!("gid {gid} out of range")))?;
-        let mtime = match pax_mtime {
-            Some(mtime) => mtime,
-            None => Timespec {
-                tv_sec: i64::try_from(
-                    header
-                        .mtime()
-                        .map_err(|error| invalid(raw_path, error.to_string()))?,
-                )
-                .unwrap_or(i64::MAX),
-                tv_nsec: 0,
-            },
-        };
-        let gnu_atime = header
-            .as_gnu()
-            .and_then(|gnu| gnu.atime().ok())
-            .filter(|atime| *atime != 0)
-            .map(|atime| Timespec {
-                tv_sec: i64::try_from(atime).unwrap_or(i64::MAX),
-                tv_nsec: 0,
-            });
+            .ok_or_else(|| invalid(raw_path, format!("gid {} out of range", entry.gid)))?;
+        let mtime = entry.mtime;
         // As Docker: the access time is the later of atime and mtime.
-        let atime = pax_atime
-            .or(gnu_atime)
-            .map_or(mtime, |atime| atime.max(mtime));
+        let atime = entry.atime.map_or(mtime, |atime| atime.max(mtime));
         Ok(Metadata {
-            mode,
+            mode: entry.mode,
             uid,
             gid,
             times: Timestamps {
@@ -587,7 +473,7 @@ impl Unpacker {
         parent: BorrowedFd<'_>,
         name: &[u8],
         path: &[u8],
-        entry: &mut tar::Entry<'_, R>,
+        reader: &mut TarReader<R>,
         meta: Metadata,
     ) -> Result<(), ArchiveError> {
         let create = || -> Result<OwnedFd, Errno> {
@@ -609,28 +495,15 @@ impl Unpacker {
             Err(errno) => return Err(filesystem("creating", path, errno)),
         };
         let mut file = File::from(fd);
-        let expected = entry.size();
-        let mut written: u64 = 0;
         loop {
-            let read = match entry.read(&mut self.buffer) {
-                Ok(0) => break,
-                Ok(read) => read,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) => return Err(ArchiveError::Read(error)),
-            };
+            let read = reader
+                .read_data(&mut self.buffer)
+                .map_err(ArchiveError::Read)?;
+            if read == 0 {
+                break;
+            }
             file.write_all(&self.buffer[..read])
                 .map_err(|error| filesystem("writing", path, error))?;
-            written += read as u64;
-        }
-        let is_sparse = entry.header().entry_type().is_gnu_sparse();
-        if !is_sparse && written != expected {
-            return Err(ArchiveError::Read(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "tar stream ends inside {:?} ({written} of {expected} bytes)",
-                    display_path(path)
-                ),
-            )));
         }
         // Owner before mode (chown clears setuid/setgid), xattrs after both (chown clears
         // security.capability), times last.
@@ -801,7 +674,9 @@ impl Unpacker {
                     rustix::fs::makedev(0, 0),
                 )
                 .map_err(|errno| filesystem("creating whiteout", &target_path, errno))?;
-                self.set_owner_at(parent_fd.as_fd(), target, &target_path, meta)
+                self.set_owner_at(parent_fd.as_fd(), target, &target_path, meta)?;
+                rustix::fs::utimensat(&parent_fd, target, &meta.times, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|errno| filesystem("setting times of", &target_path, errno))
             }
             WhiteoutMode::Apply => {
                 // Removal may take a directory the cached parent lies under.

@@ -17,6 +17,7 @@ mod compression;
 mod diff;
 mod path;
 mod root;
+mod tar_reader;
 mod tar_writer;
 
 use std::io;
