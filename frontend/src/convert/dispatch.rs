@@ -745,10 +745,7 @@ impl Converter<'_> {
                     });
                 }
                 MountType::Tmpfs => {
-                    let target = mount
-                        .target
-                        .clone()
-                        .ok_or("mount type tmpfs requires a target")?;
+                    let target = mount.target.clone().unwrap_or_default();
                     mounts.push(Mount {
                         input: None,
                         selector: "/".into(),
@@ -761,9 +758,8 @@ impl Converter<'_> {
                     });
                 }
                 MountType::Bind | MountType::Cache => {
-                    let target = mount.target.clone().ok_or_else(|| {
-                        format!("mount type {} requires a target", mount.mount_type)
-                    })?;
+                    // Without a target BuildKit mounts at the working directory.
+                    let target = mount.target.clone().unwrap_or_default();
                     let dest = absolute_target(&cwd, &target)?;
                     let source_path = normalize_path("/", mount.source.as_deref().unwrap_or(""));
                     let mut input = match (&mount.from, mount.mount_type) {

@@ -131,6 +131,43 @@ impl Definition {
         self.vertices.is_empty()
     }
 
+    /// Like [`Definition::reachable_from`], without copying the ops.
+    pub fn into_reachable_from(self, roots: &[Input]) -> Definition {
+        let needed = self.needed(roots);
+        if needed.len() == self.vertices.len() {
+            return self;
+        }
+        let vertices: Vec<Vertex> = self
+            .vertices
+            .into_iter()
+            .filter(|vertex| needed.contains(&vertex.digest))
+            .collect();
+        let positions = vertices
+            .iter()
+            .enumerate()
+            .map(|(position, vertex)| (vertex.digest.clone(), position))
+            .collect();
+        Definition {
+            vertices,
+            positions,
+        }
+    }
+
+    fn needed(&self, roots: &[Input]) -> HashSet<Digest> {
+        let mut needed: HashSet<Digest> = HashSet::new();
+        let mut stack: Vec<&Digest> = roots.iter().map(|input| &input.digest).collect();
+        while let Some(digest) = stack.pop() {
+            if needed.contains(digest) {
+                continue;
+            }
+            needed.insert(digest.clone());
+            if let Some(vertex) = self.get(digest) {
+                stack.extend(vertex.op.inputs.iter().map(|input| &input.digest));
+            }
+        }
+        needed
+    }
+
     /// The part of the definition the given outputs need, order kept.
     pub fn reachable_from(&self, roots: &[Input]) -> Definition {
         let mut needed: HashSet<&Digest> = HashSet::new();
@@ -191,32 +228,47 @@ fn check_input_indexes(digest: &Digest, op: &Op) -> Result<(), DagError> {
     }
 }
 
-/// The digest of an op: sha256 over the canonical JSON of the op without its non-digested
-/// fields, prefixed by the encoding version.
+/// The digest of an op: sha256 over the op's JSON encoding without its non-digested fields,
+/// prefixed by the encoding version. The encoding is deterministic: fields in declaration
+/// order, no maps, so the same op gives the same bytes on every run and machine.
 pub fn op_digest(op: &Op) -> Result<Digest, DagError> {
-    let mut value = serde_json::to_value(op).map_err(|error| DagError::Encode {
-        message: error.to_string(),
-    })?;
-    if let Some(kind) = value.get_mut("kind") {
-        if let Some(image) = kind
-            .get_mut("source")
-            .and_then(|source| source.get_mut("image"))
-        {
-            if let Some(object) = image.as_object_mut() {
-                object.remove("written");
-            }
-        }
-        if let Some(object) = kind.get_mut("exec").and_then(|exec| exec.as_object_mut()) {
-            object.remove("proxy_env");
-        }
-    }
-    let mut bytes = Vec::with_capacity(256);
+    let mut bytes = Vec::with_capacity(1024);
     bytes.extend_from_slice(DIGEST_VERSION.as_bytes());
     bytes.push(b'\n');
-    serde_json::to_writer(&mut bytes, &value).map_err(|error| DagError::Encode {
+    DIGEST_MODE.with(|mode| mode.set(true));
+    let result = serde_json::to_writer(&mut bytes, op);
+    DIGEST_MODE.with(|mode| mode.set(false));
+    result.map_err(|error| DagError::Encode {
         message: error.to_string(),
     })?;
     Ok(Digest::of_bytes(&bytes))
+}
+
+thread_local! {
+    /// Set while an op is serialized for its digest: the non-digested fields are skipped.
+    static DIGEST_MODE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `skip_serializing_if` for fields left out of the digest (and out of JSON when empty).
+pub(crate) fn skip_in_digest_if_empty<T: IsEmpty>(value: &T) -> bool {
+    value.is_empty_value() || DIGEST_MODE.with(|mode| mode.get())
+}
+
+/// Emptiness for the non-digested field types.
+pub(crate) trait IsEmpty {
+    fn is_empty_value(&self) -> bool;
+}
+
+impl IsEmpty for String {
+    fn is_empty_value(&self) -> bool {
+        self.is_empty()
+    }
+}
+
+impl<T> IsEmpty for Vec<T> {
+    fn is_empty_value(&self) -> bool {
+        self.is_empty()
+    }
 }
 
 /// Builds a definition op by op; an op added twice (same digest) is kept once.
@@ -262,7 +314,7 @@ impl DefinitionBuilder {
 
     /// The definition, pruned to what `roots` need.
     pub fn finish(self, roots: &[Input]) -> Definition {
-        self.definition.reachable_from(roots)
+        self.definition.into_reachable_from(roots)
     }
 
     /// The definition with every op added.
