@@ -4,6 +4,20 @@
 //!
 //! The parser keeps instructions it does not know (as BuildKit does); the instructions layer
 //! rejects them, with [`KNOWN_INSTRUCTIONS`] for its "did you mean".
+//!
+//! How BuildKit's tree maps onto [`crate::ast`]:
+//! - an unknown instruction has `Args::Words(vec![])` (BuildKit keeps one empty argument; the
+//!   dump prints it as `""`);
+//! - HEALTHCHECK has `Words([type, command...])` (`["NONE"]`, `["CMD", "curl -f x"]`) and
+//!   `json_form` tells whether the command was a JSON array;
+//! - ONBUILD has `Args::Nested(node)`; its heredocs are on the ONBUILD node (as in BuildKit) and
+//!   copied onto the nested node; an empty ONBUILD has `Words(vec![])`;
+//! - heredoc bodies of `<<-` are already stripped of leading tabs.
+//!
+//! Deliberate differences from BuildKit, all on inputs no real Dockerfile has: non-ASCII text in
+//! `--flag` words is kept whole (BuildKit reads those bytes one at a time and mangles them); ONBUILD
+//! may nest [`MAX_ONBUILD_NESTING`] deep and `${}` [`crate::shell::MAX_SUBSTITUTION_DEPTH`] deep
+//! (BuildKit has no limit; kiln's keep the stack safe).
 
 mod dump;
 mod heredoc;
