@@ -59,6 +59,11 @@ pub enum StoreError {
     /// A cache mount id is not usable as a directory name.
     #[error("invalid cache mount id {id:?}: expected 1 to 128 characters of [a-zA-Z0-9_.-], not starting with a dot")]
     InvalidCacheMountId { id: String },
+    /// A layer blob variant name is empty, too long or not printable ASCII.
+    #[error(
+        "invalid layer blob variant {variant:?}: expected 1 to 200 printable ASCII characters"
+    )]
+    InvalidLayerVariant { variant: String },
     /// No snapshot with this id.
     #[error("snapshot {id} not found")]
     SnapshotNotFound { id: String },

@@ -190,6 +190,15 @@ fn decide(
             txn.remove(Table::SnapshotKeys, key)?;
         }
     }
+    // Layer blob records go with their snapshot (the blobs themselves are kept or not by
+    // images, cache records and leases).
+    for (key, _) in txn.list::<serde_json::Value>(Table::LayerBlobs)? {
+        let kept = crate::layer_blobs::layer_blob_snapshot(&key)
+            .is_some_and(|id| snapshots.contains_key(&id) && kept_snapshots.contains(&id));
+        if !kept {
+            txn.remove(Table::LayerBlobs, &key)?;
+        }
+    }
     // Directories without a record (records are always written before directories).
     for name in list_names(&layout.snapshots)? {
         let has_record = SnapshotId::parse(&name)

@@ -80,6 +80,7 @@ mod fsutil;
 mod gc;
 mod ids;
 mod images;
+mod layer_blobs;
 mod lease;
 mod metadata;
 mod mount;
@@ -100,6 +101,7 @@ pub use images::{
     chain_ids, CacheMountRecord, CacheRecord, ImageRecord, LayerInfo, ResolvedImage,
     MAX_DOCUMENT_SIZE,
 };
+pub use layer_blobs::{LayerBlobRecord, MAX_LAYER_VARIANT_LENGTH};
 pub use lease::{Lease, LeaseRecord};
 pub use mount::{MountMethod, MAX_OVERLAY_LAYERS};
 pub use process::ProcessIdentity;

@@ -30,10 +30,13 @@ pub(crate) enum Table {
     CacheMounts,
     /// store-wide facts (schema version)
     Info,
+    /// `<snapshot id>/<variant>` -> [`crate::LayerBlobRecord`]: the blob a snapshot was
+    /// exported to, so it is not compressed twice
+    LayerBlobs,
 }
 
 impl Table {
-    pub(crate) const ALL: [Table; 7] = [
+    pub(crate) const ALL: [Table; 8] = [
         Table::Images,
         Table::Snapshots,
         Table::SnapshotKeys,
@@ -41,6 +44,7 @@ impl Table {
         Table::Leases,
         Table::CacheMounts,
         Table::Info,
+        Table::LayerBlobs,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -52,6 +56,7 @@ impl Table {
             Table::Leases => "leases",
             Table::CacheMounts => "cache_mounts",
             Table::Info => "info",
+            Table::LayerBlobs => "layer_blobs",
         }
     }
 }
