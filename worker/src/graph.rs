@@ -1,0 +1,96 @@
+//! From the frontend's `Definition` to the solver's `Graph`, and each op's definition digest.
+
+use kiln_frontend::dag::{self, Definition, OpKind};
+use kiln_solver::{Graph, Input, Vertex};
+use kiln_types::Digest;
+
+/// An op as the worker executes it: the frontend's vertex plus its definition digest.
+#[derive(Debug, Clone)]
+pub struct WorkerOp {
+    pub vertex: dag::Vertex,
+    /// Digest over the op without its inputs' digests (the solver adds the inputs' cache keys
+    /// or content checksums), nor its non-digested fields.
+    pub definition: Digest,
+}
+
+/// Why a definition could not become a graph.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GraphBuildError {
+    #[error("op {digest} reads {input} which the definition does not contain")]
+    MissingInput { digest: Digest, input: Digest },
+    #[error("the target {0} is not in the definition")]
+    MissingTarget(Digest),
+    #[error(transparent)]
+    Dag(#[from] dag::DagError),
+    #[error(transparent)]
+    Graph(#[from] kiln_solver::GraphError),
+}
+
+/// The digest of an op's own definition: the op with every input digest blanked out, so that
+/// only the position and output index of each input remain.
+pub fn definition_digest(op: &dag::Op) -> Result<Digest, dag::DagError> {
+    let placeholder = Digest::of_bytes(b"");
+    let mut own = op.clone();
+    for input in &mut own.inputs {
+        input.digest = placeholder.clone();
+    }
+    dag::op_digest(&own)
+}
+
+/// Builds the solver's graph for a definition, and returns it with the solver input of
+/// `target`.
+pub fn build_graph(
+    definition: &Definition,
+    target: &dag::Input,
+    no_cache: &dyn Fn(&dag::Vertex) -> bool,
+) -> Result<(Graph<WorkerOp>, Input), GraphBuildError> {
+    let mut graph = Graph::new();
+    for vertex in definition.vertices() {
+        let inputs = vertex
+            .op
+            .inputs
+            .iter()
+            .map(|input| {
+                definition
+                    .position(&input.digest)
+                    .map(|position| Input {
+                        vertex: position,
+                        output: input.output as usize,
+                    })
+                    .ok_or_else(|| GraphBuildError::MissingInput {
+                        digest: vertex.digest.clone(),
+                        input: input.digest.clone(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let name = if vertex.metadata.name.is_empty() {
+            default_name(&vertex.op.kind)
+        } else {
+            vertex.metadata.name.clone()
+        };
+        graph.add(Vertex {
+            op: WorkerOp {
+                definition: definition_digest(&vertex.op)?,
+                vertex: vertex.clone(),
+            },
+            inputs,
+            name,
+            no_cache: vertex.metadata.ignore_cache || no_cache(vertex),
+        })?;
+    }
+    let position = definition
+        .position(&target.digest)
+        .ok_or_else(|| GraphBuildError::MissingTarget(target.digest.clone()))?;
+    Ok((
+        graph,
+        Input {
+            vertex: position,
+            output: target.output as usize,
+        },
+    ))
+}
+
+fn default_name(kind: &OpKind) -> String {
+    kind.name().to_string()
+}

@@ -1,0 +1,55 @@
+//! `ADD <url>`: the file downloaded (checksum verified when given) into a fresh snapshot.
+
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt;
+
+use kiln_frontend::dag::HttpSource;
+use kiln_snapshotter::CommitOptions;
+use kiln_solver::{ExecContext, WorkerError};
+use kiln_types::Digest;
+use sha2::Digest as _;
+
+use crate::build::{BuildError, BuildWorker};
+use crate::value::Value;
+
+/// Downloads an HTTP source into a one-file snapshot.
+pub async fn download(
+    worker: &BuildWorker,
+    http: &HttpSource,
+    context: &ExecContext,
+) -> Result<Value, WorkerError> {
+    let file_name = http.filename.rsplit('/').next().unwrap_or("").to_string();
+    if file_name.is_empty() || file_name == "." || file_name == ".." {
+        return Err(BuildError::Other(format!("{}: no usable file name", http.url)).into());
+    }
+    let response = reqwest::get(&http.url).await?;
+    if !response.status().is_success() {
+        return Err(BuildError::Other(format!("{}: {}", http.url, response.status())).into());
+    }
+    let bytes = response.bytes().await?;
+    let digest = Digest::from_sha256(sha2::Sha256::digest(&bytes).into());
+    if let Some(expected) = &http.checksum {
+        if &digest != expected {
+            return Err(BuildError::Other(format!(
+                "{}: checksum mismatch: expected {expected}, got {digest}",
+                http.url
+            ))
+            .into());
+        }
+    }
+    context.log(
+        kiln_solver::LogStream::Stdout,
+        format!("downloaded {} bytes\n", bytes.len()).as_bytes(),
+    );
+    let snapshotter = worker.store.snapshotter();
+    let active = snapshotter.prepare(&worker.lease, None)?;
+    let path = active.mountpoint().join(&file_name);
+    let mut file = std::fs::File::create(&path)?;
+    file.write_all(&bytes)?;
+    file.set_permissions(std::fs::Permissions::from_mode(
+        http.permissions.unwrap_or(0o600),
+    ))?;
+    drop(file);
+    let id = snapshotter.commit(active, CommitOptions::default())?;
+    Ok(Value::snapshot(id))
+}
