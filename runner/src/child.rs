@@ -834,6 +834,7 @@ pub(crate) unsafe fn init_main(plan: &ChildPlan) -> ! {
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0);
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        libc::prctl(libc::PR_SET_NAME, c"kiln-init".as_ptr() as c_ulong, 0, 0, 0);
         libc::umask(0);
 
         // wait until the parent has put us into our cgroups (EOF: the parent is gone)

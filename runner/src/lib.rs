@@ -49,8 +49,23 @@
 //! CVE-2019-5736 concerns; the plan above keeps all the logic in one place and is sound as long as
 //! the child code stays allocation-free (every function in `child` is written to that rule).
 //!
+//! Costs of this model: the init is a copy-on-write image of the kiln process, so while a sandbox
+//! runs, the pages kiln modifies afterwards are duplicated (the init itself touches almost
+//! nothing); and `/proc/1/cmdline` inside shows kiln's command line (`comm` is `kiln-init`).
+//! Rewriting the argument area needs `PR_SET_MM`, i.e. `CAP_SYS_RESOURCE`, which kiln may lack.
+//!
 //! Not implemented yet: seccomp (Docker's default profile), AppArmor/SELinux labels, user
 //! namespaces, a cgroup mount inside the container (`/sys/fs/cgroup`), port publishing.
+//!
+//! # cgroups
+//!
+//! v2 when `/sys/fs/cgroup` is a cgroup2 mount, else the v1 hierarchies found in mountinfo
+//! (`CgroupMode::V2 { mount }` picks a cgroup2 mount explicitly, e.g. the `unified` one of a
+//! hybrid host). A sandbox's cgroup is `kiln/<id>` *under the cgroup kiln itself runs in* (per
+//! controller on v1), so containers stay inside whatever limits kiln was given; on v2, when kiln's
+//! own cgroup cannot hand controllers down (it holds processes), `<mount>/kiln/<id>` is used.
+//! Memory (swap included where possible), CPU bandwidth and pids limits; the OOM killer is
+//! reported from `memory.oom_control`/`memory.events`.
 //!
 //! # Resources and cleanup
 //!
