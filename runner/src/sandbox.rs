@@ -125,9 +125,8 @@ fn random_id() -> String {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        bytes[..12].copy_from_slice(
-            &(nanos as u128 ^ ((std::process::id() as u128) << 64)).to_le_bytes()[..12],
-        );
+        bytes[..12]
+            .copy_from_slice(&(nanos ^ ((std::process::id() as u128) << 64)).to_le_bytes()[..12]);
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

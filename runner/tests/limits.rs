@@ -234,6 +234,7 @@ fn cgroup_v2_hierarchy() {
 /// sandbox, reports it, then waits to be killed.
 #[test]
 #[ignore]
+#[allow(clippy::print_stdout)] // the protocol with the parent test
 fn helper_start_and_wait_to_be_killed() {
     let Ok(state_dir) = std::env::var("KILN_TEST_STATE") else {
         return;

@@ -3,7 +3,6 @@ mod common;
 
 #[test]
 fn echo_runs() {
-    let out = common::sh("echo hello; id; cat /proc/self/status | grep Cap; ls /dev; ls -l /proc/self/fd; hostname; pwd; cat /proc/1/cmdline | tr '\\0' ' '");
-    eprintln!("{out}");
-    assert!(out.contains("hello"));
+    let out = common::sh("echo hello; id -u; hostname; pwd; cat /proc/1/comm");
+    assert_eq!(out, "hello\n0\nkiln\n/\nkiln-init\n");
 }
