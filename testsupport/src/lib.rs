@@ -23,7 +23,7 @@ pub use image::{
 pub use registry::{HarnessError, TestAuth, TestRegistry, TestRegistryOptions, ADMIN_USER};
 pub use token_server::{TokenPolicy, TokenRequest, TokenServer, TokenUser};
 
-/// A current-thread tokio runtime for blocking tests.
+/// A two-worker tokio runtime, for tests that are not `#[tokio::test]`.
 pub fn runtime() -> tokio::runtime::Runtime {
     match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
