@@ -32,6 +32,8 @@ pub use owner::{find_group, find_user, resolve_owner, Owner, MAX_ID};
 pub use select::SourceRoot;
 pub use unpack::{detect_archive, ArchiveKind};
 
+pub(crate) use fsys::read_xattrs as read_xattrs_of;
+
 /// Why a file action failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
