@@ -551,7 +551,13 @@ pub fn special_files_image() -> BuiltImage {
             0o644,
             &[
                 ("user.kiln", b"yes"),
-                ("security.capability", &[1, 0, 0, 2, 0, 32, 0, 0]),
+                // A valid VFS_CAP_REVISION_2 value (the kernel refuses
+                // others): effective, permitted caps 1, 3 and 10; its
+                // 0x0a byte is a newline inside a PAX record.
+                (
+                    "security.capability",
+                    &[1, 0, 0, 2, 10, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                ),
             ],
         )
         .file_owned("data/owned", b"owned\n", 0o640, 1000, 1000)

@@ -1,0 +1,130 @@
+//! Names of local images: references are normalized the way `docker` does (`busybox` is
+//! `docker.io/library/busybox:latest`) before they are stored or looked up, so that
+//! `kiln import x.tar busybox` and `FROM busybox` meet.
+
+use kiln_registry::Reference;
+use kiln_snapshotter::{ImageRecord, Store, StoreError};
+
+use crate::error::{ImageError, Result};
+
+/// Parses and normalizes a reference.
+pub fn parse_reference(text: &str) -> Result<Reference> {
+    Reference::parse(text).map_err(|source| ImageError::Reference {
+        text: text.to_string(),
+        source,
+    })
+}
+
+/// The name an image is stored under: `registry/repository:tag`, or
+/// `registry/repository@digest` for a reference with a digest and no tag.
+pub fn store_name(reference: &Reference) -> String {
+    match (reference.tag(), reference.digest()) {
+        (Some(tag), _) => format!("{}:{tag}", reference.name()),
+        (None, Some(digest)) => format!("{}@{digest}", reference.name()),
+        (None, None) => format!("{}:latest", reference.name()),
+    }
+}
+
+/// The store name for a reference given as text (normalized).
+pub fn normalize_name(text: &str) -> Result<String> {
+    parse_reference(text).map(|reference| store_name(&reference))
+}
+
+/// Docker's short form of a stored name for display: `docker.io/library/busybox` is
+/// `busybox`, `docker.io/user/app` is `user/app`, others stay whole.
+pub fn familiar_name(repository: &str) -> &str {
+    let short = repository.strip_prefix("docker.io/").unwrap_or(repository);
+    if short.len() != repository.len() {
+        short.strip_prefix("library/").unwrap_or(short)
+    } else {
+        repository
+    }
+}
+
+/// Splits a store name into repository and tag (`None` for a digest name).
+pub fn split_store_name(name: &str) -> (&str, Option<&str>) {
+    if let Some((repository, _digest)) = name.split_once('@') {
+        return (repository, None);
+    }
+    let last_slash = name.rfind('/').map_or(0, |index| index + 1);
+    match name[last_slash..].rfind(':') {
+        Some(colon) => (
+            &name[..last_slash + colon],
+            Some(&name[last_slash + colon + 1..]),
+        ),
+        None => (name, None),
+    }
+}
+
+/// Finds a local image by name (normalized: `busybox` finds
+/// `docker.io/library/busybox:latest`), by its manifest digest, or by a unique prefix of at
+/// least 4 hex characters of it.
+pub fn find_image(store: &Store, text: &str) -> Result<ImageRecord> {
+    if let Ok(name) = normalize_name(text) {
+        if let Some(record) = store
+            .image(&name)
+            .map_err(ImageError::store(format!("looking up image {name}")))?
+        {
+            return Ok(record);
+        }
+    }
+    match store.resolve_image(text) {
+        Ok(record) => Ok(record),
+        Err(StoreError::ImageNotFound { .. }) => Err(ImageError::NotFound {
+            reference: text.to_string(),
+        }),
+        Err(source) => Err(ImageError::Store {
+            action: format!("looking up image {text}"),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_names_are_normalized() {
+        assert_eq!(
+            normalize_name("busybox").unwrap(),
+            "docker.io/library/busybox:latest"
+        );
+        assert_eq!(
+            normalize_name("127.0.0.1:5000/app:1").unwrap(),
+            "127.0.0.1:5000/app:1"
+        );
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(
+            normalize_name(&format!("localhost/app@{digest}")).unwrap(),
+            format!("localhost/app@{digest}")
+        );
+    }
+
+    #[test]
+    fn familiar_names_drop_docker_hub() {
+        assert_eq!(familiar_name("docker.io/library/busybox"), "busybox");
+        assert_eq!(familiar_name("docker.io/user/app"), "user/app");
+        assert_eq!(
+            familiar_name("127.0.0.1:5000/busybox"),
+            "127.0.0.1:5000/busybox"
+        );
+    }
+
+    #[test]
+    fn store_names_split_at_the_tag() {
+        assert_eq!(
+            split_store_name("127.0.0.1:5000/app:1"),
+            ("127.0.0.1:5000/app", Some("1"))
+        );
+        assert_eq!(
+            split_store_name("127.0.0.1:5000/app"),
+            ("127.0.0.1:5000/app", None)
+        );
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(
+            split_store_name(&format!("localhost/app@{digest}")),
+            ("localhost/app", None)
+        );
+    }
+}
