@@ -1,6 +1,9 @@
 //! The `kiln` binary: parses the command line and dispatches to one subcommand module each.
 
 mod commands;
+mod explain;
+mod progress;
+mod provider;
 
 use std::process::ExitCode;
 
@@ -18,12 +21,15 @@ struct Cli {
 enum Command {
     /// Build an image from a Dockerfile
     Build(commands::build::BuildArgs),
+    /// Run a command in a new container from an image
+    Run(commands::run::RunArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Build(args) => commands::build::run(args),
+        Command::Run(args) => commands::run::run(args),
     };
     match result {
         Ok(code) => code,

@@ -117,6 +117,25 @@ impl Snapshotter {
         })
     }
 
+    /// Makes a committed snapshot findable under another key too (a built layer under its
+    /// image's chain id, so `resolve_layers` finds it). A key that already names a committed
+    /// snapshot is left as it is; returns the snapshot the key names afterwards.
+    pub fn add_key(&self, id: &SnapshotId, key: &str) -> Result<SnapshotId> {
+        self.inner.metadata.write(|txn| {
+            if let Some(existing) = committed_by_key(txn, key)? {
+                return Ok(existing);
+            }
+            let record: SnapshotRecord = txn
+                .get(Table::Snapshots, id.as_str())?
+                .ok_or_else(|| StoreError::SnapshotNotFound { id: id.to_string() })?;
+            if record.kind != SnapshotKind::Committed {
+                return Err(StoreError::SnapshotNotCommitted { id: id.to_string() });
+            }
+            txn.put(Table::SnapshotKeys, key, id)?;
+            Ok(id.clone())
+        })
+    }
+
     /// A committed snapshot and all its ancestors, topmost first: the overlay lower order.
     pub fn chain(&self, id: &SnapshotId) -> Result<Vec<SnapshotId>> {
         self.inner.metadata.read(|txn| committed_chain(txn, id))

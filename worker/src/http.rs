@@ -22,7 +22,10 @@ pub async fn download(
     if file_name.is_empty() || file_name == "." || file_name == ".." {
         return Err(BuildError::Other(format!("{}: no usable file name", http.url)).into());
     }
-    let response = reqwest::get(&http.url).await?;
+    // reqwest is built without a default crypto provider (as in the registry client).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder().build()?;
+    let response = client.get(&http.url).send().await?;
     if !response.status().is_success() {
         return Err(BuildError::Other(format!("{}: {}", http.url, response.status())).into());
     }

@@ -1,5 +1,6 @@
-//! `kiln build`: build an image from a Dockerfile (for now: `--print-dag`, which converts the
-//! Dockerfile to its DAG and prints it without running anything).
+//! `kiln build`: build an image from a Dockerfile. `--print-dag` converts the Dockerfile to its
+//! DAG and prints it without running anything (no root needed); otherwise the DAG is solved
+//! (see `build_run`) and the result tagged in the store.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -45,11 +46,59 @@ pub struct BuildArgs {
         default_missing_value = "text"
     )]
     pub print_dag: Option<PrintFormat>,
+
+    /// Name and optionally a tag (name:tag) for the image; repeatable
+    #[arg(short = 't', long = "tag", value_name = "NAME[:TAG]")]
+    pub tags: Vec<String>,
+
+    /// Do not use cached results
+    #[arg(long)]
+    pub no_cache: bool,
+
+    /// Do not use cached results for this stage; repeatable
+    #[arg(long = "no-cache-filter", value_name = "STAGE")]
+    pub no_cache_filter: Vec<String>,
+
+    /// Always resolve base images in their registry, even when the store has them
+    #[arg(long)]
+    pub pull: bool,
+
+    /// Network for RUN steps without --network
+    #[arg(long, value_name = "MODE", default_value = "default")]
+    pub network: String,
+
+    /// Secret for RUN --mount=type=secret: id=ID,src=FILE or id=ID,env=VAR; repeatable
+    #[arg(long, value_name = "SPEC")]
+    pub secret: Vec<String>,
+
+    /// SSH agent for RUN --mount=type=ssh: default or ID=SOCKET; repeatable
+    #[arg(long, value_name = "SPEC")]
+    pub ssh: Vec<String>,
+
+    /// Progress output
+    #[arg(long, value_enum, default_value = "auto")]
+    pub progress: crate::progress::ProgressMode,
+
+    /// For every step that ran, say which of its inputs changed since the last build
+    #[arg(long)]
+    pub explain_cache: bool,
+
+    /// Extra privileges: security.insecure allows RUN --security=insecure
+    #[arg(long, value_name = "ENTITLEMENT")]
+    pub allow: Vec<String>,
+
+    /// Registry to reach over plain HTTP (loopback always is); repeatable
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure_registries: Vec<String>,
+
+    /// kiln's store
+    #[arg(long, env = "KILN_ROOT", value_name = "DIR", default_value = kiln_snapshotter::DEFAULT_ROOT)]
+    pub root: PathBuf,
 }
 
 pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let Some(format) = args.print_dag else {
-        bail!("kiln build can only print the DAG for now: pass --print-dag")
+        return super::build_run::run(args);
     };
     if !args.context.is_dir() {
         bail!(
@@ -76,7 +125,9 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The Dockerfile's display name, its path (None for stdin) and its text.
-fn read_dockerfile(args: &BuildArgs) -> anyhow::Result<(String, Option<PathBuf>, String)> {
+pub(crate) fn read_dockerfile(
+    args: &BuildArgs,
+) -> anyhow::Result<(String, Option<PathBuf>, String)> {
     match args.file.as_deref() {
         Some("-") => {
             let mut text = String::new();
@@ -102,7 +153,10 @@ fn read_dockerfile(args: &BuildArgs) -> anyhow::Result<(String, Option<PathBuf>,
 
 /// The exclude patterns: `<Dockerfile>.dockerignore` beside the Dockerfile if it exists (as
 /// BuildKit), else `.dockerignore` at the context's root.
-fn read_dockerignore(context: &Path, dockerfile: Option<&Path>) -> anyhow::Result<Vec<String>> {
+pub(crate) fn read_dockerignore(
+    context: &Path,
+    dockerfile: Option<&Path>,
+) -> anyhow::Result<Vec<String>> {
     let mut candidates = Vec::new();
     if let Some(dockerfile) = dockerfile {
         if let Some(file_name) = dockerfile.file_name() {
@@ -142,7 +196,7 @@ fn read_dockerignore(context: &Path, dockerfile: Option<&Path>) -> anyhow::Resul
 
 /// `KEY=VALUE` pairs; a bare `KEY` takes its value from kiln's environment and is skipped when
 /// unset, as `docker build` does.
-fn parse_build_args(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+pub(crate) fn parse_build_args(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for item in items {
         match item.split_once('=') {

@@ -1,0 +1,353 @@
+//! `kiln build` without `--print-dag`: convert, solve in parallel with the layer cache, export
+//! the target stage as an image in the store and tag it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context};
+use kiln_frontend::convert::{convert, ConvertOptions, ConvertResult, StageBase};
+use kiln_frontend::dag;
+use kiln_registry::{ClientOptions, RegistryClient};
+use kiln_snapshotter::{SnapshotId, Store};
+use kiln_solver::{CancellationToken, EventKind, EventSink, SolveOptions, Solver};
+use kiln_types::Platform;
+use kiln_worker::{BuildSettings, BuildWorker, ImageSources, Value};
+
+use super::build::{parse_build_args, read_dockerfile, read_dockerignore, BuildArgs};
+use crate::explain::ExplainLog;
+use crate::progress::Renderer;
+use crate::provider::RegistryImageProvider;
+
+pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(build(args))
+}
+
+async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
+    if !args.context.is_dir() {
+        bail!(
+            "build context {} is not a directory",
+            args.context.display()
+        );
+    }
+    let tags = args
+        .tags
+        .iter()
+        .map(|tag| kiln_image::normalize_name(tag).with_context(|| format!("invalid tag {tag:?}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let settings = build_settings(&args)?;
+    let (dockerfile_name, dockerfile_path, text) = read_dockerfile(&args)?;
+    let dockerignore = read_dockerignore(&args.context, dockerfile_path.as_deref())?;
+
+    let store = Store::open(&args.root)
+        .with_context(|| format!("opening the store at {}", args.root.display()))?;
+    let client = RegistryClient::with_options(ClientOptions {
+        insecure_registries: args.insecure_registries.clone(),
+        ..ClientOptions::default()
+    })
+    .context("setting up the registry client")?;
+
+    // Convert, asking the store (then the registry) for base image configs.
+    let resolver = kiln_image::StoreResolver::new(store.clone(), Some(client.clone()));
+    let mut options = ConvertOptions::new(&resolver);
+    options.build_args = parse_build_args(&args.build_args)?;
+    options.target = args.target.clone();
+    if let Some(platform) = &args.platform {
+        options.target_platform =
+            Some(Platform::parse(platform).with_context(|| format!("--platform {platform}"))?);
+    }
+    options.dockerignore = dockerignore;
+    let converted = tokio::task::block_in_place(|| convert(&text, &dockerfile_name, &options))
+        .map_err(|error| anyhow!("{error}"))?;
+
+    let no_cache_stages: Vec<String> = args
+        .no_cache_filter
+        .iter()
+        .map(|s| s.to_ascii_lowercase())
+        .collect();
+    let no_cache_all = args.no_cache;
+    let no_cache = move |vertex: &dag::Vertex| {
+        no_cache_all
+            || vertex.metadata.stage.as_deref().is_some_and(|stage| {
+                no_cache_stages
+                    .iter()
+                    .any(|wanted| wanted == &stage.to_ascii_lowercase())
+            })
+    };
+    let (graph, target) =
+        kiln_worker::graph::build_graph(&converted.definition, &converted.target, &no_cache)?;
+    let graph = Arc::new(graph);
+
+    let sandbox = kiln_runner::Sandbox::new(kiln_runner::SandboxConfig {
+        state_dir: args.root.join("run"),
+        cgroups: kiln_runner::CgroupMode::default(),
+    })
+    .context("setting up the sandbox")?;
+    let _ = sandbox.cleanup_stale();
+    let provider = Arc::new(RegistryImageProvider {
+        store: store.clone(),
+        client: client.clone(),
+    });
+    let sources = ImageSources::new(provider, args.pull);
+    let worker = Arc::new(BuildWorker::new(
+        store.clone(),
+        Arc::new(sandbox),
+        sources,
+        settings,
+    )?);
+
+    let explain_key = ExplainLog::key(&args.context, &dockerfile_name);
+    let mut explain = ExplainLog::load(&args.root, &explain_key);
+    let solver = Solver::new(worker.clone(), SolveOptions::default());
+    let (events, mut receiver) = EventSink::channel();
+    let cancel = CancellationToken::new();
+    let interrupt = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            interrupt.cancel();
+        }
+    });
+    let mut renderer = Renderer::new(args.progress);
+    let explain_wanted = args.explain_cache;
+    let describe: HashMap<usize, String> = graph
+        .vertices()
+        .iter()
+        .enumerate()
+        .map(|(index, vertex)| (index, describe_op(&vertex.op.vertex.op)))
+        .collect();
+    let names: Vec<String> = graph
+        .vertices()
+        .iter()
+        .map(|vertex| vertex.name.clone())
+        .collect();
+    let inputs_of: Vec<Vec<usize>> = graph
+        .vertices()
+        .iter()
+        .map(|vertex| vertex.inputs.iter().map(|input| input.vertex).collect())
+        .collect();
+    let render = tokio::spawn(async move {
+        let mut failed = None;
+        let mut ran = Vec::new();
+        while let Some(event) = receiver.recv().await {
+            match &event.kind {
+                EventKind::Key { key, components } => {
+                    explain.record(
+                        &event.name,
+                        key,
+                        components,
+                        &describe[&event.vertex],
+                        &inputs_of[event.vertex],
+                        &names,
+                    );
+                }
+                EventKind::Started => ran.push(event.vertex),
+                EventKind::Failed { .. } if failed.is_none() => failed = Some(event.vertex),
+                _ => {}
+            }
+            renderer.handle(&event);
+        }
+        renderer.finish();
+        (renderer, explain, failed, ran)
+    });
+    let result = solver
+        .solve(graph.clone(), target, events, cancel.clone())
+        .await;
+    drop(solver);
+    let (renderer, explain, failed, ran) = render.await.context("progress renderer")?;
+    worker.save_checksum_cache();
+    if explain_wanted {
+        let mut report = String::from("\ncache explanation:\n");
+        for vertex in &ran {
+            report.push_str(&explain.explain(&graph.vertex(*vertex).name));
+        }
+        write_stderr(&report);
+    }
+    explain.save(&args.root, &explain_key);
+
+    let value = match result {
+        Ok(value) => value,
+        Err(error) => {
+            if cancel.is_cancelled() && failed.is_none() {
+                bail!("build canceled");
+            }
+            let mut message = format!("{error}");
+            if let Some(vertex) = failed {
+                let lines = renderer.last_lines(vertex);
+                if !lines.is_empty() {
+                    message.push_str("\n\nlast output of the failed step:\n");
+                    for line in lines {
+                        message.push_str(&format!("  {line}\n"));
+                    }
+                }
+            }
+            bail!("{message}")
+        }
+    };
+    let top = match value {
+        Value::Snapshot { top } => top,
+        Value::Context { .. } => bail!("the target stage is the build context itself"),
+    };
+    let built = tokio::task::block_in_place(|| export_image(&worker, &converted, top.as_ref()))?;
+    let mut out = String::new();
+    out.push_str(&format!("writing image {}\n", built.config_digest()));
+    if !tags.is_empty() {
+        kiln_exporter::tag(worker.store(), &tags, &built.manifest_descriptor)?;
+        for name in &tags {
+            out.push_str(&format!("naming to {name}\n"));
+        }
+    }
+    write_stderr(&out);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_stderr(text: &str) {
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
+/// A short description of an op for `--explain-cache` (its definition without inputs).
+fn describe_op(op: &dag::Op) -> String {
+    serde_json::to_string(&op.kind).unwrap_or_default()
+}
+
+/// Secrets, ssh agents, network and entitlements from the command line.
+fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
+    let mut secrets = HashMap::new();
+    for spec in &args.secret {
+        let fields: BTreeMap<&str, &str> = spec
+            .split(',')
+            .filter_map(|field| field.split_once('='))
+            .collect();
+        let id = fields
+            .get("id")
+            .copied()
+            .ok_or_else(|| anyhow!("--secret {spec:?}: id= is required"))?;
+        let value = if let Some(path) = fields.get("src").or_else(|| fields.get("source")) {
+            std::fs::read(path).with_context(|| format!("--secret {id}: reading {path}"))?
+        } else if let Some(variable) = fields.get("env") {
+            std::env::var(variable)
+                .with_context(|| format!("--secret {id}: ${variable} is not set"))?
+                .into_bytes()
+        } else {
+            std::env::var(id)
+                .with_context(|| format!("--secret {id}: no src=, env=, or ${id}"))?
+                .into_bytes()
+        };
+        secrets.insert(id.to_string(), value);
+    }
+    let mut ssh_agents = HashMap::new();
+    for spec in &args.ssh {
+        let (id, path) = match spec.split_once('=') {
+            Some((id, path)) => (id.to_string(), PathBuf::from(path)),
+            None => {
+                let socket = std::env::var("SSH_AUTH_SOCK")
+                    .with_context(|| format!("--ssh {spec}: SSH_AUTH_SOCK is not set"))?;
+                (spec.clone(), PathBuf::from(socket))
+            }
+        };
+        ssh_agents.insert(id, path);
+    }
+    let default_network = match args.network.as_str() {
+        "default" | "host" => kiln_runner::Network::Host,
+        "none" => kiln_runner::Network::None,
+        other => bail!("--network {other:?}: expected default, none or host"),
+    };
+    Ok(BuildSettings {
+        context_dir: args.context.clone(),
+        secrets,
+        ssh_agents,
+        default_network,
+        allow_insecure: args
+            .allow
+            .iter()
+            .any(|entitlement| entitlement == "security.insecure"),
+    })
+}
+
+/// The target stage as an image: the base image's layers as they are, then one layer per
+/// step's snapshot.
+fn export_image(
+    worker: &BuildWorker,
+    converted: &ConvertResult,
+    top: Option<&SnapshotId>,
+) -> anyhow::Result<kiln_exporter::BuiltImage> {
+    let store = worker.store();
+    let stage = &converted.stages[converted.target_stage];
+    let mut chain = match top {
+        Some(top) => store.snapshotter().chain(top)?,
+        None => Vec::new(),
+    };
+    chain.reverse();
+    // Follow FROM <stage> links down to the image (or scratch) the target starts from.
+    let mut base = &stage.base;
+    let mut seen = 0;
+    while let StageBase::Stage(index) = base {
+        base = &converted.stages[*index].base;
+        seen += 1;
+        if seen > converted.stages.len() {
+            break;
+        }
+    }
+    let mut base_image = None;
+    let mut base_count = 0;
+    if let StageBase::Image { reference, .. } = base {
+        let name = kiln_image::normalize_name(reference)?;
+        if let Some(record) = store.image(&name)? {
+            let resolved = store.resolve_layers(&record.target, &stage.platform)?;
+            let matches = resolved.layers.len() <= chain.len()
+                && resolved
+                    .layers
+                    .iter()
+                    .zip(&chain)
+                    .all(|(layer, snapshot)| layer.snapshot.as_ref() == Some(snapshot));
+            if matches {
+                base_count = resolved.layers.len();
+                base_image = Some(kiln_exporter::BaseImage {
+                    layers: resolved
+                        .layers
+                        .iter()
+                        .map(|layer| layer.descriptor.clone())
+                        .collect(),
+                    diff_ids: resolved
+                        .layers
+                        .iter()
+                        .map(|layer| layer.diff_id.clone())
+                        .collect(),
+                });
+            }
+        }
+    }
+    let mut config = stage.image.clone();
+    if base_image.is_none() {
+        // Every layer is exported anew: the history must not claim base layers.
+        config
+            .history
+            .retain(|entry| entry.comment.as_deref() == Some("buildkit") || entry.empty_layer);
+    }
+    let options = kiln_exporter::LayerOptions::default();
+    let built = kiln_exporter::build_image(
+        store,
+        worker.lease(),
+        &chain[base_count..],
+        base_image.as_ref(),
+        config,
+        &options,
+    )?;
+    // Each new layer's snapshot becomes findable under the image's chain id, so the image can
+    // be run (and used as a base) straight from the store.
+    let chain_ids = kiln_snapshotter::chain_ids(&built.config.rootfs.diff_ids);
+    let non_empty = chain[base_count..]
+        .iter()
+        .zip(&built.new_layers)
+        .filter(|(_, layer)| !layer.empty)
+        .map(|(snapshot, _)| snapshot);
+    for (snapshot, chain_id) in non_empty.zip(chain_ids.iter().skip(base_count)) {
+        store.snapshotter().add_key(snapshot, chain_id.as_str())?;
+    }
+    Ok(built)
+}
