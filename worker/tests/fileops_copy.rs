@@ -888,3 +888,84 @@ fn small_actions() {
         ",
     );
 }
+
+/// Unmounts on drop, so a failing test leaves no mount behind.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let target = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+#[test]
+fn copy_into_an_overlay_mount_lands_in_the_upper_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let [lower, upper, work, merged] = ["lower", "upper", "work", "merged"].map(|name| {
+        let path = dir.path().join(name);
+        std::fs::create_dir(&path).unwrap();
+        path
+    });
+    build(
+        &lower,
+        "d var 755\nl var/run /run\nd run 755\nf etc/passwd 644 root:x:0:0::/:/bin/sh",
+    );
+    let source_dir = dir.path().join("context");
+    build(
+        &source_dir,
+        "f big 644 0123456789\nd sub 755\nf sub/small 600 s",
+    );
+    std::fs::write(source_dir.join("big"), vec![7u8; 3 << 20]).unwrap();
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    let c = |text: &str| std::ffi::CString::new(text).unwrap();
+    let target = c(merged.to_str().unwrap());
+    let data = c(&options);
+    // SAFETY: valid NUL-terminated strings that outlive the call.
+    let status = unsafe {
+        libc::mount(
+            c("overlay").as_ptr(),
+            target.as_ptr(),
+            c("overlay").as_ptr(),
+            0,
+            data.as_ptr().cast(),
+        )
+    };
+    assert_eq!(status, 0, "{}", std::io::Error::last_os_error());
+    let _guard = Unmount(merged.clone());
+    let source = SourceRoot::build_context(&source_dir, &[], &[]).unwrap();
+    for action in [copy(".", "/var/run/app/"), copy("big", "/etc/")] {
+        apply_action(
+            &action,
+            &merged,
+            std::slice::from_ref(&source),
+            &FileOpOptions::default(),
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        std::fs::read(upper.join("run/app/big")).unwrap(),
+        vec![7u8; 3 << 20]
+    );
+    assert_eq!(
+        std::fs::read_to_string(upper.join("run/app/sub/small")).unwrap(),
+        "s"
+    );
+    assert_eq!(
+        std::fs::metadata(upper.join("etc/big")).unwrap().len(),
+        3 << 20
+    );
+    assert!(
+        !upper.join("var/run").exists()
+            || std::fs::symlink_metadata(upper.join("var/run"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+    );
+}
