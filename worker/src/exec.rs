@@ -128,6 +128,7 @@ pub async fn run(
         }
         .into());
     }
+    tokio::task::block_in_place(|| prune_copy_ups(&active.upper_dir(), active.lower_dirs()))?;
     let id = tokio::task::block_in_place(|| snapshotter.commit(active, CommitOptions::default()))
         .map_err(|source| BuildError::Store {
         operation: "committing the RUN snapshot".into(),
@@ -414,4 +415,70 @@ fn lock_file(dir: &Path, block: bool) -> Result<Option<std::fs::File>, WorkerErr
     }
     let _ = file.flush();
     Ok(Some(file))
+}
+
+/// Removes from a RUN's upper the directories overlayfs only copied up (a mount-point stub
+/// made inside them and removed again): same mode, owner and times as below, not opaque, and
+/// nothing left inside. Without this every RUN layer would carry `/etc` (BuildKit's differ
+/// skips such directories too).
+fn prune_copy_ups(upper: &Path, lowers: &[PathBuf]) -> Result<(), WorkerError> {
+    prune_directory(upper, Path::new(""), lowers)?;
+    Ok(())
+}
+
+/// Prunes below `relative`; returns whether the directory itself is now empty.
+fn prune_directory(upper: &Path, relative: &Path, lowers: &[PathBuf]) -> Result<bool, WorkerError> {
+    use std::os::unix::fs::MetadataExt;
+    let directory = upper.join(relative);
+    let mut empty = true;
+    for entry in std::fs::read_dir(&directory)? {
+        let entry = entry?;
+        let child = relative.join(entry.file_name());
+        let metadata = entry.metadata()?;
+        if !metadata.is_dir() {
+            empty = false;
+            continue;
+        }
+        if !prune_directory(upper, &child, lowers)? || is_opaque(&upper.join(&child)) {
+            empty = false;
+            continue;
+        }
+        let Some(lower) = lowers.iter().map(|lower| lower.join(&child)).find(|path| path.symlink_metadata().is_ok())
+        else {
+            empty = false;
+            continue;
+        };
+        let Ok(below) = lower.symlink_metadata() else {
+            empty = false;
+            continue;
+        };
+        let same = below.is_dir()
+            && below.mode() == metadata.mode()
+            && below.uid() == metadata.uid()
+            && below.gid() == metadata.gid()
+            && below.mtime() == metadata.mtime()
+            && below.mtime_nsec() == metadata.mtime_nsec();
+        if same {
+            std::fs::remove_dir(upper.join(&child))?;
+        } else {
+            empty = false;
+        }
+    }
+    Ok(empty)
+}
+
+fn is_opaque(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(name) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return true };
+    let mut value = [0u8; 4];
+    for attribute in [&b"trusted.overlay.opaque\0"[..], &b"user.overlay.opaque\0"[..]] {
+        // SAFETY: lgetxattr into a stack buffer with NUL-terminated names
+        let read = unsafe {
+            libc::lgetxattr(name.as_ptr(), attribute.as_ptr().cast(), value.as_mut_ptr().cast(), value.len())
+        };
+        if read > 0 {
+            return true;
+        }
+    }
+    false
 }
