@@ -157,6 +157,35 @@ pub(crate) struct ChildPlan {
     pub exec_candidates: Vec<CString>,
     /// Owners of the strings `argv` and `envp` point into.
     pub _strings: Vec<CString>,
+    /// kiln's own command line in memory (`arg_start`, `arg_end` of /proc/self/stat): the
+    /// init zeroes its copy so `/proc/1/cmdline` in the container shows nothing of kiln's
+    /// arguments (which may hold secrets such as `-e PASSWORD=...`).
+    pub cmdline_area: (usize, usize),
+}
+
+/// `arg_start` and `arg_end` of this process (fields 48 and 49 of /proc/self/stat).
+pub(crate) fn own_cmdline_area() -> (usize, usize) {
+    static AREA: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
+    *AREA.get_or_init(|| {
+        let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+            return (0, 0);
+        };
+        // The command name (field 2) may contain spaces: fields after it follow the last ')'.
+        let Some(rest) = stat.rfind(')').map(|index| &stat[index + 1..]) else {
+            return (0, 0);
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // `rest` starts at field 3, so field N is at index N - 3.
+        let field = |n: usize| {
+            fields
+                .get(n - 3)
+                .and_then(|value| value.parse::<usize>().ok())
+        };
+        match (field(48), field(49)) {
+            (Some(start), Some(end)) if end > start && end - start < (1 << 20) => (start, end),
+            _ => (0, 0),
+        }
+    })
 }
 
 /// Paths masked like runc and containerd do.
@@ -835,6 +864,11 @@ pub(crate) unsafe fn init_main(plan: &ChildPlan) -> ! {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0);
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
         libc::prctl(libc::PR_SET_NAME, c"kiln-init".as_ptr() as c_ulong, 0, 0, 0);
+        let (start, end) = plan.cmdline_area;
+        if end > start {
+            // our own (copy-on-write) stack pages: kiln's arguments never reach the container
+            core::ptr::write_bytes(start as *mut u8, 0, end - start);
+        }
         libc::umask(0);
 
         // wait until the parent has put us into our cgroups (EOF: the parent is gone)

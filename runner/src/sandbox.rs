@@ -855,6 +855,7 @@ impl Sandbox {
             envp,
             exec_candidates,
             _strings: strings,
+            cmdline_area: crate::child::own_cmdline_area(),
         };
         let mut flags =
             (libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC)

@@ -487,3 +487,17 @@ fn ids_and_state_dir_permissions() {
         .mode();
     assert_eq!(mode & 0o777, 0o700);
 }
+
+/// kiln's own command line (which may carry secrets such as `kiln run -e PASSWORD=...`) is not
+/// visible in the container through the init's `/proc/1/cmdline`.
+#[test]
+fn init_does_not_show_kilns_command_line() {
+    let own: Vec<String> = std::env::args().collect();
+    let cmdline = sh("cat /proc/1/cmdline | tr '\\0' ' '");
+    for argument in own.iter().filter(|argument| argument.len() > 3) {
+        assert!(
+            !cmdline.contains(argument.as_str()),
+            "/proc/1/cmdline shows {argument:?}: {cmdline:?}"
+        );
+    }
+}
