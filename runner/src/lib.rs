@@ -52,7 +52,6 @@
 //! Costs of this model: the init is a copy-on-write image of the kiln process, so while a sandbox
 //! runs, the pages kiln modifies afterwards are duplicated (the init itself touches almost
 //! nothing); `/proc/1/cmdline` inside is blanked (the init zeroes its copy of kiln's arguments).
-//! Rewriting the argument area needs `PR_SET_MM`, i.e. `CAP_SYS_RESOURCE`, which kiln may lack.
 //!
 //! Not implemented yet: seccomp (Docker's default profile), AppArmor/SELinux labels, user
 //! namespaces, a cgroup mount inside the container (`/sys/fs/cgroup`), port publishing.
