@@ -17,8 +17,12 @@
 //! media types by default, like `docker build`; OCI's on request or for zstd.
 //!
 //! # Archives
-//! Not here yet: see the crate's report.
+//! [`archive::docker_archive`] writes what `docker load` reads (Docker 25's layout: an OCI
+//! layout plus `manifest.json`, which Docker 20.10 loads as well), [`archive::oci_layout`]
+//! an OCI image layout as a tar or a directory, and [`archive::load`] reads either back,
+//! streaming, with every digest and diffID checked and no path used outside the archive.
 
+pub mod archive;
 mod compress;
 mod error;
 mod gzip;
@@ -26,6 +30,12 @@ mod image;
 mod layer;
 pub mod time;
 
+pub use archive::docker_archive::write_docker_archive;
+pub use archive::load::{
+    load_archive, load_archive_stream, ArchiveFormat, LoadOptions, LoadReport, LoadedImage,
+};
+pub use archive::oci_layout::{write_oci_archive, write_oci_directory};
+pub use archive::{familiar_name, ArchiveImage};
 pub use compress::{
     default_threads, effective_level, LayerCompressor, DEFAULT_GZIP_LEVEL, DEFAULT_ZSTD_LEVEL,
 };

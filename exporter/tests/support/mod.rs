@@ -232,3 +232,82 @@ fn walk(
         }
     }
 }
+
+/// A host-platform image config with one history entry per step.
+pub fn image_config(steps: &[&str]) -> kiln_types::ImageSpec {
+    let platform = kiln_types::Platform::host();
+    kiln_types::ImageSpec {
+        created: Some("2030-01-01T00:00:00Z".into()),
+        architecture: platform.architecture.clone(),
+        os: platform.os.clone(),
+        variant: platform.variant.clone(),
+        config: kiln_types::ImageConfig {
+            env: Some(vec!["PATH=/usr/bin:/bin".into()]),
+            cmd: Some(vec!["/bin/sh".into()]),
+            ..Default::default()
+        },
+        history: steps
+            .iter()
+            .map(|step| kiln_types::History {
+                created: Some("2030-01-01T00:00:00Z".into()),
+                created_by: Some(step.to_string()),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Builds a three-step image (base, RUN, empty RUN) in `store` and tags it `name`.
+pub fn built_image(
+    store: &Store,
+    lease: &Lease,
+    name: &str,
+    options: &kiln_exporter::LayerOptions,
+) -> (kiln_exporter::BuiltImage, SnapshotId) {
+    let base = base_snapshot(store, lease);
+    let run = run_snapshot(store, lease, &base);
+    let empty = empty_snapshot(store, lease, &run);
+    let built = kiln_exporter::build_image(
+        store,
+        lease,
+        &[base, run, empty.clone()],
+        None,
+        image_config(&["ADD base", "RUN change", "RUN nothing"]),
+        options,
+    )
+    .expect("build image");
+    kiln_exporter::tag(store, &[name.to_string()], &built.manifest_descriptor).expect("tag");
+    (built, empty)
+}
+
+/// Runs a command and returns its stdout, failing the test with its stderr.
+pub fn run_tool(program: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("running {program}: {error}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A small RUN-like layer over `parent`: one new file.
+pub fn small_run_snapshot(store: &Store, lease: &Lease, parent: &SnapshotId) -> SnapshotId {
+    let snapshotter = store.snapshotter();
+    let active = snapshotter.prepare(lease, Some(parent)).expect("prepare");
+    fs::write(active.mountpoint().join("added"), "added by a later step\n").unwrap();
+    snapshotter
+        .commit(active, CommitOptions::default())
+        .expect("commit small layer")
+}
+
+/// The merged tree of a committed snapshot stack.
+pub fn snapshot_tree(store: &Store, top: &SnapshotId) -> Vec<String> {
+    let lease = store.lease("view").unwrap();
+    let view = store.snapshotter().view(&lease, top).unwrap();
+    tree_listing(view.mountpoint())
+}
