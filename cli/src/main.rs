@@ -4,6 +4,7 @@ mod commands;
 mod explain;
 mod progress;
 mod provider;
+mod store_args;
 
 use std::process::ExitCode;
 
@@ -23,6 +24,24 @@ enum Command {
     Build(commands::build::BuildArgs),
     /// Run a command in a new container from an image
     Run(commands::run::RunArgs),
+    /// Download an image from a registry
+    Pull(commands::pull::PullArgs),
+    /// List images
+    Images(commands::images::ImagesArgs),
+    /// Give an image another name
+    Tag(commands::tag::TagArgs),
+    /// Remove images
+    Rmi(commands::rmi::RmiArgs),
+    /// Show everything known about images, as JSON
+    Inspect(commands::inspect::InspectArgs),
+    /// Log in to a registry
+    Login(commands::login::LoginArgs),
+    /// Log out of a registry
+    Logout(commands::logout::LogoutArgs),
+    /// Make an image from a root filesystem tarball
+    Import(commands::import::ImportArgs),
+    /// Remove unused images' layers, blobs and build cache
+    Prune(commands::prune::PruneArgs),
 }
 
 fn main() -> ExitCode {
@@ -30,6 +49,15 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Build(args) => commands::build::run(args),
         Command::Run(args) => commands::run::run(args),
+        Command::Pull(args) => commands::pull::run(args),
+        Command::Images(args) => commands::images::run(args),
+        Command::Tag(args) => commands::tag::run(args),
+        Command::Rmi(args) => commands::rmi::run(args),
+        Command::Inspect(args) => commands::inspect::run(args),
+        Command::Login(args) => commands::login::run(args),
+        Command::Logout(args) => commands::logout::run(args),
+        Command::Import(args) => commands::import::run(args),
+        Command::Prune(args) => commands::prune::run(args),
     };
     match result {
         Ok(code) => code,

@@ -3,3 +3,12 @@
 pub mod build;
 pub mod build_run;
 pub mod run;
+pub mod pull;
+pub mod images;
+pub mod tag;
+pub mod rmi;
+pub mod inspect;
+pub mod login;
+pub mod logout;
+pub mod import;
+pub mod prune;
