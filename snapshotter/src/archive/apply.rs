@@ -1,19 +1,18 @@
 //! Applying a layer tar into a directory: streamed, hashed (diffID) on the way, with every
 //! path confined to the destination.
 
-use std::cell::Cell;
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::rc::Rc;
+use std::sync::mpsc;
 
 use kiln_types::Digest;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timestamps, XattrFlags};
 use rustix::io::Errno;
 
-use super::compression::{decompressing_reader, CountingReader, HashingReader};
+use super::compression::{decompressing_reader, is_size_limit, CountingReader, HashingReader};
 use super::path::{clean_entry_path, join, split_parent};
 use super::root::{chmod_path_fd, list_names, lstat_at, proc_path, remove_at, Root};
 use super::tar_reader::{TarEntry, TarReader};
@@ -21,8 +20,6 @@ use super::{
     display_path, ArchiveError, Compression, OVERLAY_OPAQUE_XATTR, WHITEOUT_OPAQUE, WHITEOUT_PREFIX,
 };
 
-/// Buffer between the decompressor and the tar reader.
-const TAR_BUFFER: usize = 1 << 20;
 /// Buffer for copying file contents.
 const COPY_BUFFER: usize = 1 << 20;
 
@@ -96,44 +93,99 @@ pub struct AppliedLayer {
 /// Applies a layer tar (uncompressed, gzip or zstd) read from `reader` into the existing
 /// directory `dest`. The diffID is the sha256 of the whole uncompressed stream, read to its
 /// end. On error the destination holds a partial layer: the caller discards it.
-pub fn apply_layer<R: Read>(
+pub fn apply_layer<R: Read + Send>(
     reader: R,
     compression: Compression,
     dest: &Path,
     options: &ApplyOptions,
 ) -> Result<AppliedLayer, ArchiveError> {
-    let compressed_size = Rc::new(Cell::new(0u64));
-    let counting = CountingReader {
-        inner: reader,
-        count: Rc::clone(&compressed_size),
-    };
-    let decompressed = decompressing_reader(counting, compression).map_err(ArchiveError::Read)?;
-    let hashing = HashingReader::new(decompressed, options.max_uncompressed_size);
-    let limit_hit = Rc::clone(&hashing.limit_hit);
-    let too_large = |error: ArchiveError| -> ArchiveError {
-        match (limit_hit.get(), options.max_uncompressed_size) {
-            (true, Some(limit)) => ArchiveError::TooLarge { limit },
-            _ => error,
-        }
-    };
     let root = Root::open(dest).map_err(|error| ArchiveError::Filesystem {
         operation: "opening the destination",
         path: dest.display().to_string(),
         source: error,
     })?;
     let mut unpacker = Unpacker::new(root, options);
-    let mut reader = TarReader::new(BufReader::with_capacity(TAR_BUFFER, hashing));
-    while let Some(entry) = reader
-        .next_entry()
-        .map_err(|error| too_large(ArchiveError::Read(error)))?
-    {
-        unpacker.entry(&mut reader, entry).map_err(&too_large)?;
-    }
-    // The tar's end-of-archive marker (and any padding after it) is part of the stream the
-    // diffID covers: read everything to the end.
-    let mut rest = reader.into_inner();
-    io::copy(&mut rest, &mut io::sink()).map_err(|error| too_large(ArchiveError::Read(error)))?;
-    let (diff_id, uncompressed_size) = rest.into_inner().finish();
+    let limit = options.max_uncompressed_size;
+    let read_error = |error: io::Error| match limit {
+        Some(limit) if is_size_limit(&error) => ArchiveError::TooLarge { limit },
+        _ => ArchiveError::Read(error),
+    };
+
+    // Two threads: one reads, decompresses and hashes the stream, the other parses the tar
+    // and writes files. On the machines kiln targets that keeps decompression and sha256
+    // (user time) off the path of the filesystem syscalls (system time).
+    let (diff_id, uncompressed_size, compressed_size) = std::thread::scope(|scope| {
+        let (chunks, received) = mpsc::sync_channel::<io::Result<Vec<u8>>>(PIPELINE_DEPTH);
+        let (recycle, recycled) = mpsc::channel::<Vec<u8>>();
+        let producer = scope.spawn(move || -> Option<(Digest, u64, u64)> {
+            let counting = CountingReader {
+                inner: reader,
+                count: 0,
+            };
+            let decompressed = match decompressing_reader(counting, compression) {
+                Ok(decompressed) => decompressed,
+                Err(error) => {
+                    let _ = chunks.send(Err(error));
+                    return None;
+                }
+            };
+            let mut hashing = HashingReader::new(decompressed, limit);
+            loop {
+                let mut chunk = recycled.try_recv().unwrap_or_default();
+                chunk.resize(CHUNK_SIZE, 0);
+                let read = match read_full(&mut hashing, &mut chunk) {
+                    Ok(read) => read,
+                    Err(error) => {
+                        let _ = chunks.send(Err(error));
+                        return None;
+                    }
+                };
+                if read == 0 {
+                    break;
+                }
+                chunk.truncate(read);
+                if chunks.send(Ok(chunk)).is_err() {
+                    // The unpacker stopped (an error): nothing more to do.
+                    return None;
+                }
+            }
+            let (diff_id, size, decompressed) = hashing.finish();
+            Some((diff_id, size, decompressed.into_inner().count))
+        });
+
+        let consumer = || -> Result<(), ArchiveError> {
+            let mut reader = TarReader::new(ChunkReader {
+                chunks: received,
+                recycle,
+                current: Vec::new(),
+                position: 0,
+            });
+            while let Some(entry) = reader.next_entry().map_err(read_error)? {
+                unpacker
+                    .entry(&mut reader, entry)
+                    .map_err(|error| match error {
+                        ArchiveError::Read(error) => read_error(error),
+                        other => other,
+                    })?;
+            }
+            // The tar's end-of-archive marker (and any padding after it) is part of the
+            // stream the diffID covers: read everything to the end.
+            io::copy(&mut reader.into_inner(), &mut io::sink()).map_err(read_error)?;
+            Ok(())
+        };
+        let consumed = consumer();
+        // On an error the receiver is gone, so the producer stops at its next send.
+        let produced = producer.join();
+        consumed?;
+        match produced {
+            Ok(Some(result)) => Ok(result),
+            // A producer error was sent down the channel and reported by the consumer.
+            Ok(None) => Err(ArchiveError::Read(io::Error::other("layer stream stopped"))),
+            Err(_) => Err(ArchiveError::Read(io::Error::other(
+                "the layer reading thread panicked",
+            ))),
+        }
+    })?;
     unpacker.finish()?;
     if let Some(expected) = &options.expected_diff_id {
         if *expected != diff_id {
@@ -146,11 +198,60 @@ pub fn apply_layer<R: Read>(
     Ok(AppliedLayer {
         diff_id,
         uncompressed_size,
-        compressed_size: compressed_size.get(),
+        compressed_size,
         entries: unpacker.entries,
         whiteouts: unpacker.whiteouts,
         xattrs_unsupported: unpacker.xattrs_unsupported,
     })
+}
+
+/// Chunks handed from the decompressing thread to the unpacking one.
+const CHUNK_SIZE: usize = 1 << 20;
+/// Chunks in flight between the threads (bounds the memory used to a few MiB).
+const PIPELINE_DEPTH: usize = 4;
+
+/// Fills `buffer` as far as the stream allows; fewer bytes only at its end.
+fn read_full(reader: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match reader.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(read) => filled += read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(filled)
+}
+
+/// Reads the chunks the decompressing thread sends, returning spent buffers to it.
+struct ChunkReader {
+    chunks: mpsc::Receiver<io::Result<Vec<u8>>>,
+    recycle: mpsc::Sender<Vec<u8>>,
+    current: Vec<u8>,
+    position: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        while self.position == self.current.len() {
+            match self.chunks.recv() {
+                Ok(Ok(chunk)) => {
+                    let spent = std::mem::replace(&mut self.current, chunk);
+                    let _ = self.recycle.send(spent);
+                    self.position = 0;
+                }
+                Ok(Err(error)) => return Err(error),
+                // The producer finished: end of stream.
+                Err(mpsc::RecvError) => return Ok(0),
+            }
+        }
+        let available = &self.current[self.position..];
+        let count = available.len().min(buffer.len());
+        buffer[..count].copy_from_slice(&available[..count]);
+        self.position += count;
+        Ok(count)
+    }
 }
 
 /// The header facts of one entry, PAX records applied.

@@ -1,10 +1,8 @@
 //! Streaming decompression (with the diffID hashed on the way) and streaming compression
 //! (tar -> sha256 for the diffID -> gzip/zstd -> sha256 for the blob digest -> sink).
 
-use std::cell::Cell;
 use std::io::{self, BufReader, Read, Write};
 use std::path::Path;
-use std::rc::Rc;
 
 use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
@@ -66,6 +64,17 @@ pub fn decompressing_reader<R: Read>(
     Ok(DecompressingReader { decoder })
 }
 
+impl<R: Read> DecompressingReader<R> {
+    /// The compressed-side reader (after the bytes the decompressor has buffered from it).
+    pub fn into_inner(self) -> R {
+        match self.decoder {
+            Decoder::Uncompressed(reader) => reader,
+            Decoder::Gzip(decoder) => decoder.into_inner().into_inner(),
+            Decoder::Zstd(decoder) => decoder.finish().into_inner(),
+        }
+    }
+}
+
 impl<R: Read> Read for DecompressingReader<R> {
     fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
         match &mut self.decoder {
@@ -76,29 +85,46 @@ impl<R: Read> Read for DecompressingReader<R> {
     }
 }
 
-/// Counts the bytes read through it into a shared cell.
+/// Counts the bytes read through it.
 pub(crate) struct CountingReader<R> {
     pub(crate) inner: R,
-    pub(crate) count: Rc<Cell<u64>>,
+    pub(crate) count: u64,
 }
 
 impl<R: Read> Read for CountingReader<R> {
     fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
         let read = self.inner.read(buffer)?;
-        self.count.set(self.count.get() + read as u64);
+        self.count += read as u64;
         Ok(read)
     }
 }
 
+/// The error a [`HashingReader`] returns once its size limit is passed; found again with
+/// [`is_size_limit`] after it has travelled through other readers.
+#[derive(Debug)]
+pub(crate) struct SizeLimitExceeded;
+
+impl std::fmt::Display for SizeLimitExceeded {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("layer exceeds the uncompressed size limit")
+    }
+}
+
+impl std::error::Error for SizeLimitExceeded {}
+
+/// Whether an I/O error is a [`SizeLimitExceeded`].
+pub(crate) fn is_size_limit(error: &io::Error) -> bool {
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.is::<SizeLimitExceeded>())
+}
+
 /// Hashes every byte read through it and enforces an optional size limit.
 pub(crate) struct HashingReader<R> {
-    inner: R,
+    pub(crate) inner: R,
     hasher: Sha256,
     count: u64,
     limit: Option<u64>,
-    /// Set when the limit stopped the stream, so the caller can tell this from other errors
-    /// after they have passed through the tar reader.
-    pub(crate) limit_hit: Rc<Cell<bool>>,
 }
 
 impl<R: Read> HashingReader<R> {
@@ -108,15 +134,15 @@ impl<R: Read> HashingReader<R> {
             hasher: Sha256::new(),
             count: 0,
             limit,
-            limit_hit: Rc::new(Cell::new(false)),
         }
     }
 
-    /// The digest and size of everything read.
-    pub(crate) fn finish(self) -> (Digest, u64) {
+    /// The digest and size of everything read, and the inner reader.
+    pub(crate) fn finish(self) -> (Digest, u64, R) {
         (
             Digest::from_sha256(self.hasher.finalize().into()),
             self.count,
+            self.inner,
         )
     }
 }
@@ -128,10 +154,7 @@ impl<R: Read> Read for HashingReader<R> {
         self.count += read as u64;
         if let Some(limit) = self.limit {
             if self.count > limit {
-                self.limit_hit.set(true);
-                return Err(io::Error::other(
-                    "layer exceeds the uncompressed size limit",
-                ));
+                return Err(io::Error::other(SizeLimitExceeded));
             }
         }
         Ok(read)
