@@ -36,9 +36,13 @@ fn stage_closure(result: &ConvertResult, name: &str) -> HashSet<Digest> {
         .iter()
         .find(|stage| stage.name.as_deref() == Some(name))
         .unwrap();
-    digests(&result.definition.reachable_from(&[stage.output.clone()]))
-        .into_iter()
-        .collect()
+    digests(
+        &result
+            .definition
+            .reachable_from(std::slice::from_ref(&stage.output)),
+    )
+    .into_iter()
+    .collect()
 }
 
 const MULTI: &str = "FROM alpine AS deps\nRUN apk add git\nCOPY go.mod /src/\n\nFROM alpine AS tools\nRUN apk add make\n\nFROM deps AS build\nCOPY --from=tools /usr/bin/make /usr/bin/make\nRUN make\n\nFROM scratch\nCOPY --from=build /out /\n";

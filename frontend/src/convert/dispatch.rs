@@ -3,17 +3,21 @@
 
 use kiln_types::{HealthConfig, History, ImageSpec};
 
-use super::command::{CommandKind, CommandLine, CopyCommand, HealthcheckCommand, RunCommand};
-use super::{env_get, env_set, Converter, PairsEnv, StageBase, DEFAULT_PATH};
+use super::{env_get, env_set, Converter, PairsEnv, StageBase, StageCommand, DEFAULT_PATH};
 use crate::dag::{
     CacheMount, CacheSharing, Chmod, Chown, CopyAction, ExecOp, FileAction, FileOp, GitSource,
     HttpSource, ImageSource, Input, LocalSource, MergeOp, MkdirAction, MkfileAction, Mount,
     MountKind, NetworkMode, Op, OpKind, OpMetadata, SecretEnv, SecretMount, SecurityMode, SourceOp,
     SshMount, UserOrId,
 };
+use crate::dockerignore::clean_path;
 use crate::error::Error;
 use crate::instructions::mount::{self as run_mount, MountType};
 use crate::instructions::values::{parse_chmod, parse_exposed_port, Chmod as ParsedChmod};
+use crate::instructions::{
+    self, AddInstruction, ArgDefinition, CommandLine, CopyInstruction, Instruction, RunInstruction,
+    SourcesAndDest,
+};
 use crate::shell::go_unicode::{go_quote, go_quote_list};
 
 const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
@@ -109,23 +113,12 @@ impl Converter<'_> {
         if self.states[index].command_total == 0 {
             self.states[index].command_total = count_layer_commands(&self.states[index].commands);
         }
-        if let Some(hostname) = &self.options.hostname {
-            let _ = hostname;
-        }
         self.states[index].dispatched = true;
-        let commands = self.states[index].commands.clone();
+        let commands = std::mem::take(&mut self.states[index].commands);
         for command in &commands {
-            let result = self.dispatch_command(
-                index,
-                &command.kind,
-                &command.original,
-                command.from_onbuild,
-                single_stage,
-                command.start_line,
-                command.end_line,
-            );
-            result.map_err(|message| self.error_at(command.start_line, message))?;
+            self.dispatch_command(index, command, single_stage)?;
         }
+        self.states[index].commands = commands;
         Ok(())
     }
 
@@ -201,24 +194,69 @@ impl Converter<'_> {
         });
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn dispatch_command(
         &mut self,
         index: usize,
-        kind: &CommandKind,
-        original: &str,
-        from_onbuild: bool,
+        command: &StageCommand,
         single_stage: bool,
-        start_line: usize,
-        end_line: usize,
-    ) -> Result<(), Failure> {
-        match kind {
-            CommandKind::Arg(args) => self.dispatch_arg(index, args),
-            CommandKind::Env(pairs) => {
+    ) -> Result<(), Error> {
+        let span = command.span();
+        let (start_line, end_line) = (span.start_line, span.end_line);
+        let changes_filesystem = matches!(
+            command.instruction,
+            Instruction::Workdir(_)
+                | Instruction::Run(_)
+                | Instruction::Copy(_)
+                | Instruction::Add(_)
+        );
+        let name_text = if changes_filesystem {
+            self.display_text(index, &span.original, command.from_onbuild)
+        } else {
+            String::new()
+        };
+        let result = if let Some(copy) = CopyRequest::of(&command.instruction) {
+            self.dispatch_copy(index, &copy, &name_text, single_stage, start_line, end_line)
+        } else {
+            match &command.instruction {
+                Instruction::Run(run) => {
+                    let mounts = self.run_mounts(index, run)?;
+                    self.dispatch_run(
+                        index,
+                        run,
+                        mounts,
+                        &name_text,
+                        single_stage,
+                        start_line,
+                        end_line,
+                    )
+                }
+                Instruction::Workdir(workdir) => {
+                    self.expand(index, &workdir.path).and_then(|path| {
+                        self.dispatch_workdir(
+                            index,
+                            &path,
+                            &name_text,
+                            single_stage,
+                            start_line,
+                            end_line,
+                        )
+                    })
+                }
+                other => self.dispatch_config(index, other),
+            }
+        };
+        result.map_err(|message| self.error_at(start_line, message))
+    }
+
+    /// The instructions that only change the image config (and history).
+    fn dispatch_config(&mut self, index: usize, instruction: &Instruction) -> Result<(), Failure> {
+        match instruction {
+            Instruction::Arg(arg) => self.dispatch_arg(index, &arg.args),
+            Instruction::Env(env) => {
                 let mut message = String::from("ENV");
-                for (key, value) in pairs {
-                    let key = self.expand(index, key)?;
-                    let value = self.expand(index, value)?;
+                for pair in &env.pairs {
+                    let key = self.expand(index, &pair.key)?;
+                    let value = self.expand(index, &pair.value)?;
                     message.push_str(&format!(" {key}={value}"));
                     let state = &mut self.states[index];
                     env_set(&mut state.env, &key, &value);
@@ -227,11 +265,11 @@ impl Converter<'_> {
                 self.commit(index, message, false);
                 Ok(())
             }
-            CommandKind::Label(pairs) => {
+            Instruction::Label(label) => {
                 let mut message = String::from("LABEL");
-                for (key, value) in pairs {
-                    let key = self.expand(index, key)?;
-                    let value = self.expand(index, value)?;
+                for pair in &label.labels {
+                    let key = self.expand(index, &pair.key)?;
+                    let value = self.expand(index, &pair.value)?;
                     message.push_str(&format!(" {key}={value}"));
                     self.states[index]
                         .image
@@ -243,34 +281,30 @@ impl Converter<'_> {
                 self.commit(index, message, false);
                 Ok(())
             }
-            CommandKind::Maintainer(maintainer) => {
+            Instruction::Maintainer(maintainer) => {
+                let maintainer = &maintainer.maintainer;
                 self.states[index].image.author = Some(maintainer.clone());
                 self.commit(index, format!("MAINTAINER {maintainer}"), false);
                 Ok(())
             }
-            CommandKind::Workdir(path) => {
-                let path = self.expand(index, path)?;
-                let name_text = self.display_text(index, original, from_onbuild);
-                self.dispatch_workdir(index, &path, &name_text, single_stage, start_line, end_line)
-            }
-            CommandKind::User(user) => {
-                let user = self.expand(index, user)?;
+            Instruction::User(user) => {
+                let user = self.expand(index, &user.user)?;
                 let state = &mut self.states[index];
                 state.user = user.clone();
                 state.image.config.user = Some(user.clone());
                 self.commit(index, format!("USER {user}"), false);
                 Ok(())
             }
-            CommandKind::StopSignal(signal) => {
-                let signal = self.expand(index, signal)?;
+            Instruction::StopSignal(signal) => {
+                let signal = self.expand(index, &signal.signal)?;
                 validate_signal(&signal)?;
                 self.states[index].image.config.stop_signal = Some(signal.clone());
                 self.commit(index, format!("STOPSIGNAL {signal}"), false);
                 Ok(())
             }
-            CommandKind::Volume(volumes) => {
+            Instruction::Volume(volume) => {
                 let mut expanded = Vec::new();
-                for volume in volumes {
+                for volume in &volume.volumes {
                     let volume = self.expand(index, volume)?;
                     if volume.is_empty() {
                         return Err("VOLUME specified can not be an empty string".into());
@@ -285,9 +319,9 @@ impl Converter<'_> {
                 self.commit(index, format!("VOLUME [{}]", expanded.join(" ")), false);
                 Ok(())
             }
-            CommandKind::Expose(ports) => {
+            Instruction::Expose(expose) => {
                 let mut specs = Vec::new();
-                for port in ports {
+                for port in &expose.ports {
                     let words = self
                         .lexer
                         .process_words(port, &PairsEnv(&self.states[index].env))
@@ -307,13 +341,14 @@ impl Converter<'_> {
                 self.commit(index, format!("EXPOSE [{}]", specs.join(" ")), false);
                 Ok(())
             }
-            CommandKind::Shell(shell) => {
+            Instruction::Shell(shell) => {
+                let shell = &shell.shell;
                 self.states[index].image.config.shell = Some(shell.clone());
                 self.commit(index, format!("SHELL [{}]", shell.join(" ")), false);
                 Ok(())
             }
-            CommandKind::Cmd(line) => {
-                let args = self.with_shell(index, line);
+            Instruction::Cmd(cmd) => {
+                let args = self.with_shell(index, &cmd.command);
                 let state = &mut self.states[index];
                 state.image.config.cmd = Some(args.clone());
                 state.image.config.args_escaped = Some(true);
@@ -321,8 +356,8 @@ impl Converter<'_> {
                 self.commit(index, format!("CMD {}", go_quote_list(&args)), false);
                 Ok(())
             }
-            CommandKind::Entrypoint(line) => {
-                let args = self.with_shell(index, line);
+            Instruction::Entrypoint(entrypoint) => {
+                let args = self.with_shell(index, &entrypoint.command);
                 let state = &mut self.states[index];
                 state.image.config.entrypoint = Some(args.clone());
                 if !state.cmd_set {
@@ -331,40 +366,37 @@ impl Converter<'_> {
                 self.commit(index, format!("ENTRYPOINT {}", go_quote_list(&args)), false);
                 Ok(())
             }
-            CommandKind::Healthcheck(health) => {
-                let config = health_config(health);
+            Instruction::Healthcheck(healthcheck) => {
+                let config = healthcheck.health.clone();
                 let message = format!("HEALTHCHECK {}", health_text(&config));
                 self.states[index].image.config.healthcheck = Some(config);
                 self.commit(index, message, false);
                 Ok(())
             }
-            CommandKind::Onbuild(expression) => {
+            Instruction::Onbuild(onbuild) => {
                 self.states[index]
                     .image
                     .config
                     .on_build
                     .get_or_insert_with(Vec::new)
-                    .push(expression.clone());
+                    .push(onbuild.expression.clone());
                 Ok(())
             }
-            CommandKind::Run(run) => {
-                let name_text = self.display_text(index, original, from_onbuild);
-                self.dispatch_run(index, run, &name_text, single_stage, start_line, end_line)
-            }
-            CommandKind::Copy(copy) => {
-                let name_text = self.display_text(index, original, from_onbuild);
-                self.dispatch_copy(index, copy, &name_text, single_stage, start_line, end_line)
-            }
+            // Stages hold no FROM, and `dispatch_command` runs the others itself.
+            Instruction::From(_)
+            | Instruction::Run(_)
+            | Instruction::Copy(_)
+            | Instruction::Add(_)
+            | Instruction::Workdir(_) => Err(format!(
+                "{} cannot be dispatched as a config change",
+                instruction.keyword()
+            )),
         }
     }
 
-    fn dispatch_arg(
-        &mut self,
-        index: usize,
-        args: &[(String, Option<String>)],
-    ) -> Result<(), Failure> {
+    fn dispatch_arg(&mut self, index: usize, args: &[ArgDefinition]) -> Result<(), Failure> {
         let mut parts = Vec::new();
-        for (key, default) in args {
+        for ArgDefinition { name: key, default } in args {
             let has_value = self.options.build_args.contains_key(key);
             let mut value = None;
             if default.is_none() && !has_value {
@@ -580,10 +612,35 @@ impl Converter<'_> {
         }
     }
 
+    /// The RUN's `--mount` values, expanded with the stage's environment and parsed.
+    fn run_mounts(
+        &self,
+        index: usize,
+        run: &RunInstruction,
+    ) -> Result<Vec<run_mount::Mount>, Error> {
+        let mut expanded = Vec::with_capacity(run.mounts.len());
+        for raw in &run.mounts {
+            let value = self
+                .expand(index, raw)
+                .map_err(|message| self.error_at(run.span.start_line, message))?;
+            expanded.push(value);
+        }
+        run_mount::parse_mounts(&expanded).map_err(|error| {
+            let written = expanded
+                .iter()
+                .zip(&run.mounts)
+                .find(|(value, _)| run_mount::parse_mount(value).is_err())
+                .map_or("--mount", |(_, raw)| raw.as_str());
+            self.source.mount_error(&run.span, written, &error)
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn dispatch_run(
         &mut self,
         index: usize,
-        run: &RunCommand,
+        run: &RunInstruction,
+        parsed: Vec<run_mount::Mount>,
         name_text: &str,
         single_stage: bool,
         start_line: usize,
@@ -601,16 +658,15 @@ impl Converter<'_> {
             readonly: false,
             kind: MountKind::Bind,
         }];
-        let mut args = run.line.args.clone();
+        let mut args = run.command.args.clone();
         let mut display = name_text.to_string();
-        if !run.line.heredocs.is_empty() {
-            if args.len() != 1 || !run.line.prepend_shell {
+        if let Some(first) = run.command.files.first() {
+            if args.len() != 1 || !run.command.prepend_shell {
                 return Err(format!("parsing produced an invalid run command: {args:?}"));
             }
-            let first = &run.line.heredocs[0];
-            let simple = run.line.heredocs.len() == 1 && is_lone_heredoc(&args[0], &first.name);
+            let simple = run.command.files.len() == 1 && is_lone_heredoc(&args[0], &first.name);
             if simple {
-                let data = first.content.clone();
+                let data = first.data.clone();
                 if state.image.os != "windows" && data.starts_with("#!") {
                     let file_op = Op {
                         inputs: vec![],
@@ -646,47 +702,34 @@ impl Converter<'_> {
                 } else {
                     args = vec![data];
                 }
-                display.push_str(&format!(" ({})", summarize_heredoc(&first.content)));
+                display.push_str(&format!(" ({})", summarize_heredoc(&first.data)));
             } else {
                 let mut text = args[0].clone();
-                for heredoc in &run.line.heredocs {
+                for heredoc in &run.command.files {
                     text.push('\n');
-                    text.push_str(&heredoc.content);
+                    text.push_str(&heredoc.data);
                     text.push_str(&heredoc.name);
                 }
                 args = vec![text];
             }
         }
-        if run.line.prepend_shell {
+        if run.command.prepend_shell {
             args = self.with_shell(
                 index,
                 &CommandLine {
                     args,
                     prepend_shell: true,
-                    heredocs: Vec::new(),
+                    files: Vec::new(),
                 },
             );
         }
-        let mut expanded_mounts = Vec::new();
-        for raw in &run.mounts {
-            expanded_mounts.push(self.expand(index, raw)?);
-        }
-        let parsed =
-            run_mount::parse_mounts(&expanded_mounts).map_err(|error| error.to_string())?;
         let mut secret_env = Vec::new();
-        let mut ssh_count = 0usize;
         let cwd = self.states[index].cwd.clone();
         for mount in &parsed {
             match mount.mount_type {
+                // `parse_mounts` resolved the ids, the secret targets and the ssh sockets.
                 MountType::Secret => {
-                    let id = mount
-                        .id
-                        .clone()
-                        .filter(|id| !id.is_empty())
-                        .or_else(|| mount.source.clone().filter(|s| !s.is_empty()))
-                        .or_else(|| mount.target.as_deref().map(base_name))
-                        .ok_or("one of source, target required")?;
-                    let id = mount.source.clone().filter(|s| !s.is_empty()).unwrap_or(id);
+                    let id = mount.id.clone().unwrap_or_default();
                     if let Some(name) = &mount.env {
                         secret_env.push(SecretEnv {
                             id: id.clone(),
@@ -694,15 +737,11 @@ impl Converter<'_> {
                             required: mount.required,
                         });
                     }
-                    if mount.env.is_none() || mount.target.is_some() {
-                        let dest = mount
-                            .target
-                            .clone()
-                            .unwrap_or_else(|| format!("/run/secrets/{}", base_name(&id)));
+                    if let Some(target) = &mount.target {
                         mounts.push(Mount {
                             input: None,
                             selector: "/".into(),
-                            dest: absolute_target(&cwd, &dest)?,
+                            dest: absolute_target(&cwd, target)?,
                             output: None,
                             readonly: true,
                             kind: MountKind::Secret(SecretMount {
@@ -716,27 +755,14 @@ impl Converter<'_> {
                     }
                 }
                 MountType::Ssh => {
-                    if mount.source.is_some() {
-                        return Err("ssh does not support source".into());
-                    }
-                    // BuildKit numbers the default sockets in order of the ssh mounts.
-                    let target = match mount.target.clone() {
-                        Some(target) if !target.starts_with("/run/buildkit/ssh_agent.") => target,
-                        _ => format!("/run/buildkit/ssh_agent.{ssh_count}"),
-                    };
-                    ssh_count += 1;
                     mounts.push(Mount {
                         input: None,
                         selector: "/".into(),
-                        dest: absolute_target(&cwd, &target)?,
+                        dest: absolute_target(&cwd, mount.target.as_deref().unwrap_or_default())?,
                         output: None,
                         readonly: true,
                         kind: MountKind::Ssh(SshMount {
-                            id: mount
-                                .id
-                                .clone()
-                                .filter(|id| !id.is_empty())
-                                .unwrap_or_else(|| "default".into()),
+                            id: mount.id.clone().unwrap_or_else(|| "default".into()),
                             uid: mount.uid.unwrap_or(0),
                             gid: mount.gid.unwrap_or(0),
                             mode: mount.mode.unwrap_or(0o600),
@@ -769,7 +795,7 @@ impl Converter<'_> {
                             Some(self.stage_output(source, "mount", index)?)
                         }
                         (None, MountType::Bind) => {
-                            Some(self.context_source(&[source_path.clone()])?)
+                            Some(self.context_source(std::slice::from_ref(&source_path))?)
                         }
                         (None, _) => None,
                     };
@@ -839,16 +865,14 @@ impl Converter<'_> {
                 }
             }
         }
-        let network = match run.network.as_deref() {
-            None | Some("") | Some("default") => NetworkMode::Default,
-            Some("none") => NetworkMode::None,
-            Some("host") => NetworkMode::Host,
-            Some(other) => return Err(format!("unsupported network mode {other:?}")),
+        let network = match run.network {
+            instructions::NetworkMode::Default => NetworkMode::Default,
+            instructions::NetworkMode::None => NetworkMode::None,
+            instructions::NetworkMode::Host => NetworkMode::Host,
         };
-        let security = match run.security.as_deref() {
-            None | Some("") | Some("sandbox") => SecurityMode::Sandbox,
-            Some("insecure") => SecurityMode::Insecure,
-            Some(other) => return Err(format!("unsupported security mode {other:?}")),
+        let security = match run.security {
+            instructions::SecurityMode::Sandbox => SecurityMode::Sandbox,
+            instructions::SecurityMode::Insecure => SecurityMode::Insecure,
         };
         let state = &self.states[index];
         let env: Vec<String> = state
@@ -898,28 +922,25 @@ impl Converter<'_> {
     fn dispatch_copy(
         &mut self,
         index: usize,
-        copy: &CopyCommand,
+        copy: &CopyRequest<'_>,
         name_text: &str,
         single_stage: bool,
         start_line: usize,
         end_line: usize,
     ) -> Result<(), Failure> {
         let instruction = if copy.is_add { "ADD" } else { "COPY" };
-        let chown = self.expand(index, &copy.chown)?;
-        let chmod_text = self.expand(index, &copy.chmod)?;
-        let checksum = if copy.is_add {
-            self.expand(index, &copy.checksum)?
-        } else {
-            String::new()
-        };
+        let chown = self.expand(index, copy.chown.unwrap_or_default())?;
+        let chmod_text = self.expand(index, copy.chmod.unwrap_or_default())?;
+        let checksum = self.expand(index, copy.checksum.unwrap_or_default())?;
         let mut sources = Vec::new();
-        for source in &copy.sources {
+        for source in &copy.files.sources {
             sources.push(self.expand(index, source)?);
         }
-        let dest_written = self.expand(index, &copy.dest)?;
+        let dest_written = self.expand(index, &copy.files.dest)?;
         let mut contents = Vec::new();
-        for (name, data, expand) in &copy.contents {
-            let data = if *expand {
+        for content in &copy.files.contents {
+            let (name, data) = (&content.path, &content.data);
+            let data = if content.expand {
                 let mut lexer = crate::shell::Lexer::new('\\');
                 lexer.skip_process_quotes = true;
                 lexer
@@ -972,7 +993,7 @@ impl Converter<'_> {
         }
 
         // The copy's source filesystem for local sources.
-        let local_input = match &copy.from {
+        let local_input = match copy.from {
             Some(from) => {
                 let source = self.find_source(index, from)?;
                 self.ensure_image_stage(source)?;
@@ -1015,7 +1036,7 @@ impl Converter<'_> {
             allow_empty_wildcard: false,
             always_replace_existing_dest_paths: false,
             include_patterns: Vec::new(),
-            exclude_patterns: copy.excludes.clone(),
+            exclude_patterns: copy.excludes.to_vec(),
             required_paths: Vec::new(),
             timestamp: None,
         };
@@ -1198,16 +1219,77 @@ impl Converter<'_> {
     }
 }
 
-fn count_layer_commands(commands: &[super::command::Command]) -> usize {
+fn count_layer_commands(commands: &[StageCommand]) -> usize {
     commands
         .iter()
         .filter(|command| {
             matches!(
-                command.kind,
-                CommandKind::Run(_) | CommandKind::Copy(_) | CommandKind::Workdir(_)
+                command.instruction,
+                Instruction::Run(_)
+                    | Instruction::Copy(_)
+                    | Instruction::Add(_)
+                    | Instruction::Workdir(_)
             )
         })
         .count()
+}
+
+/// COPY and ADD, seen alike by `dispatch_copy`.
+struct CopyRequest<'c> {
+    is_add: bool,
+    files: &'c SourcesAndDest,
+    from: Option<&'c str>,
+    chown: Option<&'c str>,
+    chmod: Option<&'c str>,
+    link: bool,
+    parents: bool,
+    excludes: &'c [String],
+    checksum: Option<&'c str>,
+    keep_git_dir: Option<bool>,
+    unpack: Option<bool>,
+}
+
+impl<'c> CopyRequest<'c> {
+    /// The request of a COPY or ADD; `None` for other instructions.
+    fn of(instruction: &'c Instruction) -> Option<Self> {
+        match instruction {
+            Instruction::Copy(copy) => Some(Self::copy(copy)),
+            Instruction::Add(add) => Some(Self::add(add)),
+            _ => None,
+        }
+    }
+
+    fn copy(copy: &'c CopyInstruction) -> Self {
+        CopyRequest {
+            is_add: false,
+            files: &copy.files,
+            from: copy.from.as_deref(),
+            chown: copy.chown.as_deref(),
+            chmod: copy.chmod.as_deref(),
+            link: copy.link,
+            parents: copy.parents,
+            excludes: &copy.excludes,
+            checksum: None,
+            keep_git_dir: None,
+            unpack: None,
+        }
+    }
+
+    fn add(add: &'c AddInstruction) -> Self {
+        CopyRequest {
+            is_add: true,
+            files: &add.files,
+            from: None,
+            chown: add.chown.as_deref(),
+            chmod: add.chmod.as_deref(),
+            link: add.link,
+            parents: false,
+            excludes: &add.excludes,
+            checksum: add.checksum.as_deref(),
+            keep_git_dir: add.keep_git_dir,
+            unpack: add.unpack,
+        }
+    }
 }
 
 /// Docker's image config `Env` update: replace in place, else append.
@@ -1228,31 +1310,6 @@ fn default_shell(os: &str) -> Vec<String> {
         vec!["cmd".into(), "/S".into(), "/C".into()]
     } else {
         vec!["/bin/sh".into(), "-c".into()]
-    }
-}
-
-/// `path.Clean` of Go.
-pub(crate) fn clean_path(path: &str) -> String {
-    let absolute = path.starts_with('/');
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                if parts.last().is_some_and(|last| *last != "..") {
-                    parts.pop();
-                } else if !absolute {
-                    parts.push("..");
-                }
-            }
-            other => parts.push(other),
-        }
-    }
-    let joined = parts.join("/");
-    match (absolute, joined.is_empty()) {
-        (true, _) => format!("/{joined}"),
-        (false, true) => ".".into(),
-        (false, false) => joined,
     }
 }
 
@@ -1474,17 +1531,6 @@ fn validate_signal(signal: &str) -> Result<(), Failure> {
         }
     }
     Err(format!("invalid signal: {signal}"))
-}
-
-fn health_config(health: &HealthcheckCommand) -> HealthConfig {
-    HealthConfig {
-        test: Some(health.test.clone()),
-        interval: health.interval,
-        timeout: health.timeout,
-        start_period: health.start_period,
-        start_interval: health.start_interval,
-        retries: health.retries,
-    }
 }
 
 /// Go's `%+v` of BuildKit's HealthcheckConfig, for history.

@@ -2,20 +2,19 @@
 //! variable expansion per instruction, one op per filesystem change, and each stage's image
 //! config with BuildKit-style history.
 
-mod command;
 mod dispatch;
 mod reference;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 
 use kiln_types::{ImageSpec, Platform, RootFs};
 
 use crate::dag::{self, Definition, DefinitionBuilder, Input, OpMetadata, PrintFormat};
-use crate::error::{closest, Error, Location};
+use crate::error::{closest, Error};
+use crate::instructions::{self, ArgInstruction, Instruction, SourceFile, Span, Stage};
 use crate::resolver::ImageResolver;
 use crate::shell::{Env, Lexer};
-use command::{Command, CommandKind, StageDefinition};
 
 pub use reference::{normalize_reference, ReferenceError};
 
@@ -212,10 +211,24 @@ pub fn convert(
         return Err(Error::general(file_name, "the Dockerfile cannot be empty"));
     }
     let dockerfile = crate::parser::parse(file_name, text)?;
-    let converter = Converter::new(text, file_name, options, Lexer::new(dockerfile.escape));
-    let parsed = command::parse_stages(&dockerfile.nodes)
-        .map_err(|error| converter.error_at(error.line, error.message))?;
-    converter.run(parsed)
+    let source = SourceFile::new(file_name, text);
+    let (meta_args, stages) = instructions::parse_stages(&source, &dockerfile)?;
+    let converter = Converter::new(source, options, Lexer::new(dockerfile.escape));
+    converter.run(&meta_args, stages)
+}
+
+/// An instruction of a stage as the converter runs it.
+#[derive(Debug, Clone)]
+struct StageCommand {
+    instruction: Instruction,
+    /// It came from an ONBUILD trigger (its span is then the stage's FROM line).
+    from_onbuild: bool,
+}
+
+impl StageCommand {
+    fn span(&self) -> &Span {
+        self.instruction.span()
+    }
 }
 
 /// The state of one stage (or of an image named by `COPY --from` / `--mount from=`).
@@ -228,7 +241,7 @@ struct StageState {
     /// The base name after expansion.
     base_name: String,
     platform: Option<Platform>,
-    commands: Vec<Command>,
+    commands: Vec<StageCommand>,
     start_line: usize,
     base_stage: Option<usize>,
     /// Stages read by COPY --from / RUN --mount from=.
@@ -252,8 +265,7 @@ struct StageState {
 }
 
 struct Converter<'a> {
-    lines: Vec<&'a str>,
-    file_name: &'a str,
+    source: SourceFile,
     options: &'a ConvertOptions<'a>,
     lexer: Lexer,
     target_platform: Platform,
@@ -288,12 +300,7 @@ impl Env for PairsEnv<'_> {
 }
 
 impl<'a> Converter<'a> {
-    fn new(
-        text: &'a str,
-        file_name: &'a str,
-        options: &'a ConvertOptions<'a>,
-        lexer: Lexer,
-    ) -> Self {
+    fn new(source: SourceFile, options: &'a ConvertOptions<'a>, lexer: Lexer) -> Self {
         let build_platform = options
             .build_platform
             .clone()
@@ -309,8 +316,7 @@ impl<'a> Converter<'a> {
             .map(|(key, value)| format!("{key}={value}"))
             .collect();
         Converter {
-            lines: text.lines().collect(),
-            file_name,
+            source,
             options,
             lexer,
             target_platform,
@@ -324,33 +330,25 @@ impl<'a> Converter<'a> {
 
     /// An error at a line of the Dockerfile, quoting it.
     fn error_at(&self, line: usize, message: impl Into<String>) -> Error {
-        let line_text = line
-            .checked_sub(1)
-            .and_then(|index| self.lines.get(index))
-            .map_or("", |text| text.trim_end_matches('\r'));
-        let column = line_text.len() - line_text.trim_start().len() + 1;
-        Error::new(
-            Location {
-                file: self.file_name.to_string(),
-                line,
-                column: if line == 0 { 0 } else { column },
-                line_text: line_text.to_string(),
-            },
-            message,
-        )
+        if line == 0 {
+            return Error::general(self.source.name(), message);
+        }
+        let span = Span {
+            start_line: line,
+            end_line: line,
+            original: String::new(),
+        };
+        self.source.error_at(&span, message)
     }
 
-    fn run(mut self, parsed: command::ParsedStages) -> Result<ConvertResult, Error> {
-        if parsed.stages.is_empty() {
-            return Err(Error::general(
-                self.file_name,
-                "dockerfile contains no stages to build",
-            ));
-        }
+    fn run(
+        mut self,
+        meta_args: &[ArgInstruction],
+        stages: Vec<Stage>,
+    ) -> Result<ConvertResult, Error> {
         let target_name = match &self.options.target {
             Some(target) => target.clone(),
-            None => parsed
-                .stages
+            None => stages
                 .last()
                 .and_then(|stage| stage.name.clone())
                 .unwrap_or_default(),
@@ -361,15 +359,17 @@ impl<'a> Converter<'a> {
             &self.options.build_args,
             &target_name,
         );
-        for (args, line) in &parsed.meta_args {
-            for (key, default) in args {
+        for arg in meta_args {
+            let line = arg.span.start_line;
+            for definition in &arg.args {
+                let (key, default) = (&definition.name, &definition.default);
                 let value = match self.options.build_args.get(key) {
                     Some(value) => Some(value.clone()),
                     None => match default {
                         Some(default) => Some(
                             self.lexer
                                 .process_word(default, &PairsEnv(&self.global_args))
-                                .map_err(|error| self.error_at(*line, error.to_string()))?
+                                .map_err(|error| self.error_at(line, error.to_string()))?
                                 .result,
                         ),
                         None => None,
@@ -380,7 +380,7 @@ impl<'a> Converter<'a> {
                 }
             }
         }
-        for (index, stage) in parsed.stages.into_iter().enumerate() {
+        for (index, stage) in stages.into_iter().enumerate() {
             self.add_stage(index, stage)?;
         }
         let target = self.resolve_target()?;
@@ -395,36 +395,37 @@ impl<'a> Converter<'a> {
         self.finish(target, &reachable)
     }
 
-    fn add_stage(&mut self, index: usize, stage: StageDefinition) -> Result<(), Error> {
+    fn add_stage(&mut self, index: usize, stage: Stage) -> Result<(), Error> {
         let global = PairsEnv(&self.global_args);
+        let start_line = stage.location.start_line;
         let base = self
             .lexer
-            .process_word(&stage.base, &global)
-            .map_err(|error| self.error_at(stage.start_line, error.to_string()))?;
+            .process_word(&stage.base_name, &global)
+            .map_err(|error| self.error_at(start_line, error.to_string()))?;
         if base.result.is_empty() {
             return Err(self.error_at(
-                stage.start_line,
-                format!("base name ({}) should not be blank", stage.base),
+                start_line,
+                format!("base name ({}) should not be blank", stage.base_name),
             ));
         }
-        let platform = match &stage.platform {
+        let platform = match stage.platform.as_deref().filter(|text| !text.is_empty()) {
             None => None,
             Some(text) => {
                 let expanded = self.lexer.process_word(text, &global).map_err(|error| {
                     self.error_at(
-                        stage.start_line,
+                        start_line,
                         format!("failed to process arguments for platform {text}: {error}"),
                     )
                 })?;
                 if expanded.result.is_empty() {
                     return Err(self.error_at(
-                        stage.start_line,
+                        start_line,
                         format!("empty platform value from expression {text}"),
                     ));
                 }
                 Some(Platform::parse(&expanded.result).map_err(|error| {
                     self.error_at(
-                        stage.start_line,
+                        start_line,
                         format!("failed to parse platform {text}: {error}"),
                     )
                 })?)
@@ -441,8 +442,15 @@ impl<'a> Converter<'a> {
             display_name,
             base_name: base.result,
             platform,
-            commands: stage.commands,
-            start_line: stage.start_line,
+            commands: stage
+                .commands
+                .into_iter()
+                .map(|instruction| StageCommand {
+                    instruction,
+                    from_onbuild: false,
+                })
+                .collect(),
+            start_line,
             base_stage,
             dependencies: Vec::new(),
             unregistered: false,
@@ -483,7 +491,7 @@ impl<'a> Converter<'a> {
                 .filter_map(|state| state.name.as_deref())
                 .collect();
             Error::general(
-                self.file_name,
+                self.source.name(),
                 format!("target stage {target:?} could not be found"),
             )
             .with_suggestion(closest(target, names.iter().copied()))
@@ -491,17 +499,18 @@ impl<'a> Converter<'a> {
     }
 
     /// The stages a command reads (COPY --from, RUN --mount from=), registering images.
-    fn command_sources(&mut self, command: &Command) -> Result<Vec<usize>, Error> {
+    fn command_sources(&mut self, command: &StageCommand) -> Result<Vec<usize>, Error> {
         let mut names = Vec::new();
-        match &command.kind {
-            CommandKind::Copy(copy) => {
+        let start_line = command.span().start_line;
+        match &command.instruction {
+            Instruction::Copy(copy) => {
                 if let Some(from) = &copy.from {
                     let expanded = self
                         .lexer
                         .process_word(from, &crate::shell::NoEnv)
-                        .map_err(|error| self.error_at(command.start_line, error.to_string()))?;
+                        .map_err(|error| self.error_at(start_line, error.to_string()))?;
                     if expanded.result != *from {
-                        return Err(self.error_at(command.start_line, "variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround"));
+                        return Err(self.error_at(start_line, "variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround"));
                     }
                     if let Ok(index) = from.parse::<i64>() {
                         let registered = self
@@ -510,17 +519,16 @@ impl<'a> Converter<'a> {
                             .filter(|state| !state.unregistered)
                             .count();
                         if index < 0 || index as usize >= registered {
-                            return Err(self.error_at(
-                                command.start_line,
-                                format!("invalid stage index {index}"),
-                            ));
+                            return Err(
+                                self.error_at(start_line, format!("invalid stage index {index}"))
+                            );
                         }
                         return Ok(vec![index as usize]);
                     }
                     names.push(from.clone());
                 }
             }
-            CommandKind::Run(run) => {
+            Instruction::Run(run) => {
                 for mount in &run.mounts {
                     if let Some(from) = mount_from(mount) {
                         names.push(from);
@@ -533,7 +541,7 @@ impl<'a> Converter<'a> {
         for name in names {
             let index = match self.find_stage(&name) {
                 Some(index) => index,
-                None => self.register_image(&name, command.start_line),
+                None => self.register_image(&name, start_line),
             };
             sources.push(index);
         }
@@ -678,21 +686,7 @@ impl<'a> Converter<'a> {
                 let line = self.states[index].start_line;
                 let mut commands = Vec::new();
                 for trigger in &triggers {
-                    let parsed = crate::parser::parse(self.file_name, trigger)
-                        .map_err(|error| self.error_at(line, error.message))?;
-                    if parsed.nodes.len() != 1 {
-                        return Err(
-                            self.error_at(line, "onbuild trigger should be a single expression")
-                        );
-                    }
-                    let mut command = command::parse_command(&parsed.nodes[0])
-                        .map_err(|message| self.error_at(line, message))?;
-                    if parsed.nodes[0].keyword == "from" {
-                        return Err(self.error_at(line, "FROM isn't allowed as an ONBUILD trigger"));
-                    }
-                    command.start_line = line;
-                    command.end_line = line;
-                    command.from_onbuild = true;
+                    let command = self.parse_trigger(trigger, line)?;
                     let sources = self.command_sources(&command)?;
                     for source in sources {
                         if !self.states[index].dependencies.contains(&source) {
@@ -714,6 +708,31 @@ impl<'a> Converter<'a> {
         }
     }
 
+    /// An ONBUILD trigger parsed as an instruction of the stage whose FROM is at `line`.
+    fn parse_trigger(&self, trigger: &str, line: usize) -> Result<StageCommand, Error> {
+        let parsed = crate::parser::parse(self.source.name(), trigger)
+            .map_err(|error| self.error_at(line, error.message))?;
+        let [node] = parsed.nodes.as_slice() else {
+            return Err(self.error_at(line, "onbuild trigger should be a single expression"));
+        };
+        let mut node = node.clone();
+        node.start_line = line;
+        node.end_line = line;
+        let trigger_source = SourceFile::new(self.source.name(), trigger);
+        let instruction =
+            instructions::parse_instruction(&trigger_source, &node).map_err(|error| {
+                self.error_at(line, error.message)
+                    .with_suggestion(error.did_you_mean)
+            })?;
+        if matches!(instruction, Instruction::From(_)) {
+            return Err(self.error_at(line, "FROM isn't allowed as an ONBUILD trigger"));
+        }
+        Ok(StageCommand {
+            instruction,
+            from_onbuild: true,
+        })
+    }
+
     /// The ONBUILD triggers a stage runs first: the base image's (from its config) or the base
     /// stage's ONBUILD instructions.
     fn onbuild_triggers(&self, index: usize, seen: &mut HashSet<usize>) -> Vec<String> {
@@ -725,9 +744,9 @@ impl<'a> Converter<'a> {
             Some(base) => self.states[base]
                 .commands
                 .iter()
-                .filter_map(|command| match &command.kind {
-                    CommandKind::Onbuild(expression) if !command.from_onbuild => {
-                        Some(expression.clone())
+                .filter_map(|command| match &command.instruction {
+                    Instruction::Onbuild(onbuild) if !command.from_onbuild => {
+                        Some(onbuild.expression.clone())
                     }
                     _ => None,
                 })
@@ -842,9 +861,12 @@ impl<'a> Converter<'a> {
             });
         }
         let target_output = self.states[target].filesystem.clone().ok_or_else(|| {
-            Error::general(self.file_name, "the target stage produced no filesystem")
+            Error::general(
+                self.source.name(),
+                "the target stage produced no filesystem",
+            )
         })?;
-        let definition = self.builder.finish(&[target_output.clone()]);
+        let definition = self.builder.finish(std::slice::from_ref(&target_output));
         Ok(ConvertResult {
             definition,
             target: target_output,
@@ -856,10 +878,10 @@ impl<'a> Converter<'a> {
 
 /// The value of `from=` in a raw `--mount` flag, if any.
 fn mount_from(raw: &str) -> Option<String> {
-    raw.split(',').find_map(|field| {
+    let fields = instructions::values::split_csv(raw).ok()?;
+    fields.into_iter().find_map(|field| {
         let (key, value) = field.split_once('=')?;
-        (key.trim().eq_ignore_ascii_case("from") && !value.is_empty())
-            .then(|| value.trim_matches('"').to_string())
+        (key.trim().eq_ignore_ascii_case("from") && !value.is_empty()).then(|| value.to_string())
     })
 }
 
@@ -919,12 +941,4 @@ fn empty_image(platform: &Platform) -> ImageSpec {
         image.config.env = Some(vec![format!("PATH={DEFAULT_PATH}")]);
     }
     image
-}
-
-/// Keys of a `HashMap`, sorted, for stable messages.
-#[allow(dead_code)]
-fn sorted_keys<V>(map: &HashMap<String, V>) -> Vec<&str> {
-    let mut keys: Vec<&str> = map.keys().map(String::as_str).collect();
-    keys.sort_unstable();
-    keys
 }
