@@ -741,7 +741,7 @@ impl Converter<'_> {
                         mounts.push(Mount {
                             input: None,
                             selector: "/".into(),
-                            dest: absolute_target(&cwd, target)?,
+                            dest: mount_destination(&cwd, Some(target))?,
                             output: None,
                             readonly: true,
                             kind: MountKind::Secret(SecretMount {
@@ -758,7 +758,7 @@ impl Converter<'_> {
                     mounts.push(Mount {
                         input: None,
                         selector: "/".into(),
-                        dest: absolute_target(&cwd, mount.target.as_deref().unwrap_or_default())?,
+                        dest: mount_destination(&cwd, mount.target.as_deref())?,
                         output: None,
                         readonly: true,
                         kind: MountKind::Ssh(SshMount {
@@ -771,11 +771,10 @@ impl Converter<'_> {
                     });
                 }
                 MountType::Tmpfs => {
-                    let target = mount.target.clone().unwrap_or_default();
                     mounts.push(Mount {
                         input: None,
                         selector: "/".into(),
-                        dest: absolute_target(&cwd, &target)?,
+                        dest: mount_destination(&cwd, mount.target.as_deref())?,
                         output: None,
                         readonly: false,
                         kind: MountKind::Tmpfs {
@@ -785,8 +784,7 @@ impl Converter<'_> {
                 }
                 MountType::Bind | MountType::Cache => {
                     // Without a target BuildKit mounts at the working directory.
-                    let target = mount.target.clone().unwrap_or_default();
-                    let dest = absolute_target(&cwd, &target)?;
+                    let dest = mount_destination(&cwd, mount.target.as_deref())?;
                     let source_path = normalize_path("/", mount.source.as_deref().unwrap_or(""));
                     let mut input = match (&mount.from, mount.mount_type) {
                         (Some(from), _) => {
@@ -840,11 +838,8 @@ impl Converter<'_> {
                         inputs.len() as u32 - 1
                     });
                     let kind = if mount.mount_type == MountType::Cache {
-                        let id = mount
-                            .id
-                            .clone()
-                            .filter(|id| !id.is_empty())
-                            .unwrap_or_else(|| normalize_path("/", &target));
+                        // `parse_mounts` defaults the id to the cleaned target.
+                        let id = mount.id.clone().unwrap_or_default();
                         let sharing = match mount.sharing.unwrap_or_default() {
                             run_mount::CacheSharing::Shared => CacheSharing::Shared,
                             run_mount::CacheSharing::Private => CacheSharing::Private,
@@ -1352,12 +1347,17 @@ fn context_relative(path: &str) -> String {
     }
 }
 
-fn absolute_target(cwd: &str, target: &str) -> Result<String, Failure> {
-    let absolute = normalize_path(cwd, target);
-    if absolute == "/" {
-        return Err(format!("invalid mount target {target:?}"));
+/// Where a RUN mount goes: its target against the working directory, or the working
+/// directory itself when it has none (as BuildKit). The root is refused, as BuildKit does.
+fn mount_destination(cwd: &str, target: Option<&str>) -> Result<String, Failure> {
+    let absolute = normalize_path(cwd, target.unwrap_or_default());
+    if absolute != "/" {
+        return Ok(absolute);
     }
-    Ok(absolute)
+    Err(match target.filter(|target| !target.is_empty()) {
+        Some(target) => format!("invalid mount target \"/\" (target={target} is the root)"),
+        None => "invalid mount target \"/\": a mount without target= goes on the working directory, which is /; set target= or WORKDIR".to_string(),
+    })
 }
 
 fn base_name(path: &str) -> String {
