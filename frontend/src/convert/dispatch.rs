@@ -106,7 +106,11 @@ impl Converter<'_> {
                 platform: (!is_scratch).then_some(platform),
                 kind: OpKind::Source(source),
             };
-            let metadata = self.metadata(index, name, line, line);
+            let metadata = OpMetadata {
+                // The base image is not the stage's own work: `--no-cache-filter` leaves it.
+                ignore_cache: false,
+                ..self.metadata(index, name, line, line)
+            };
             let output = self.add_op(op, metadata, line)?;
             self.states[index].filesystem = Some(output);
         }
@@ -122,6 +126,7 @@ impl Converter<'_> {
         Ok(())
     }
 
+    /// The metadata of an op of the stage: its name, the stage, the lines, `--no-cache-filter`.
     fn metadata(
         &self,
         index: usize,
@@ -133,7 +138,7 @@ impl Converter<'_> {
             name,
             stage: Some(self.states[index].display_name.clone()),
             lines: Some((start_line, end_line)),
-            ignore_cache: false,
+            ignore_cache: self.states[index].ignore_cache,
         }
     }
 
@@ -482,14 +487,15 @@ impl Converter<'_> {
                     })],
                 }),
             };
-            let output = self.add_file_op(index, op, name, start_line, end_line)?;
+            let output = self.add_stage_op(index, op, name, start_line, end_line)?;
             self.states[index].filesystem = Some(output);
         }
         self.commit(index, format!("WORKDIR {workdir}"), with_layer);
         Ok(())
     }
 
-    fn add_file_op(
+    /// Adds an op made by an instruction of the stage, with the stage's metadata.
+    fn add_stage_op(
         &mut self,
         index: usize,
         op: Op,
@@ -682,7 +688,7 @@ impl Converter<'_> {
                             })],
                         }),
                     };
-                    let script = self.add_file_op(
+                    let script = self.add_stage_op(
                         index,
                         file_op,
                         "preparing inline document".into(),
@@ -824,7 +830,7 @@ impl Converter<'_> {
                                 })],
                             }),
                         };
-                        input = Some(self.add_file_op(
+                        input = Some(self.add_stage_op(
                             index,
                             op,
                             "[internal] setting cache mount permissions".into(),
@@ -908,7 +914,7 @@ impl Converter<'_> {
             platform,
             kind: OpKind::Exec(exec),
         };
-        let output = self.add_file_op(index, op, name, start_line, end_line)?;
+        let output = self.add_stage_op(index, op, name, start_line, end_line)?;
         self.states[index].filesystem = Some(output);
         self.commit(index, history, true);
         Ok(())
@@ -1055,16 +1061,8 @@ impl Converter<'_> {
                         checksum: (!checksum.is_empty()).then(|| checksum.clone()),
                     })),
                 };
-                let git = self
-                    .builder
-                    .add(
-                        op,
-                        OpMetadata {
-                            name: name_text.to_string(),
-                            ..OpMetadata::default()
-                        },
-                    )
-                    .map_err(|error| error.to_string())?;
+                let git =
+                    self.add_stage_op(index, op, name_text.to_string(), start_line, end_line)?;
                 let position = input_index(&mut inputs, git);
                 actions.push(FileAction::Copy(base_copy(position, "/".into())));
             } else if is_http_source(source) {
@@ -1087,16 +1085,8 @@ impl Converter<'_> {
                         permissions: None,
                     })),
                 };
-                let http = self
-                    .builder
-                    .add(
-                        op,
-                        OpMetadata {
-                            name: name_text.to_string(),
-                            ..OpMetadata::default()
-                        },
-                    )
-                    .map_err(|error| error.to_string())?;
+                let http =
+                    self.add_stage_op(index, op, name_text.to_string(), start_line, end_line)?;
                 let position = input_index(&mut inputs, http);
                 let mut action = base_copy(position, filename);
                 action.attempt_unpack = copy.unpack.unwrap_or(false);
@@ -1150,7 +1140,7 @@ impl Converter<'_> {
                     })],
                 }),
             };
-            let document = self.add_file_op(
+            let document = self.add_stage_op(
                 index,
                 op,
                 "preparing inline document".into(),
@@ -1180,14 +1170,14 @@ impl Converter<'_> {
                     actions,
                 }),
             };
-            let layer = self.add_file_op(index, layer, name.clone(), start_line, end_line)?;
+            let layer = self.add_stage_op(index, layer, name.clone(), start_line, end_line)?;
             let merge = Op {
                 inputs: vec![current, layer],
                 platform,
                 kind: OpKind::Merge(MergeOp {}),
             };
             let link_name = name.replacen("] ", "] LINK ", 1);
-            self.add_file_op(index, merge, link_name, start_line, end_line)?
+            self.add_stage_op(index, merge, link_name, start_line, end_line)?
         } else {
             let mut all_inputs = vec![current];
             let shift = 1u32;
@@ -1206,7 +1196,7 @@ impl Converter<'_> {
                     actions,
                 }),
             };
-            self.add_file_op(index, op, name, start_line, end_line)?
+            self.add_stage_op(index, op, name, start_line, end_line)?
         };
         self.states[index].filesystem = Some(output);
         self.commit(index, message, true);

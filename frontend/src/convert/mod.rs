@@ -53,6 +53,9 @@ pub struct ConvertOptions<'a> {
     pub context_name: String,
     /// A hostname for RUN, if set.
     pub hostname: Option<String>,
+    /// `--no-cache-filter`: stages (by name, case-insensitive, or by index) whose ops must not
+    /// use cached results; their ops get [`OpMetadata::ignore_cache`].
+    pub no_cache_filter: Vec<String>,
 }
 
 impl<'a> ConvertOptions<'a> {
@@ -66,6 +69,7 @@ impl<'a> ConvertOptions<'a> {
             resolver,
             context_name: "context".to_string(),
             hostname: None,
+            no_cache_filter: Vec::new(),
         }
     }
 }
@@ -248,6 +252,8 @@ struct StageState {
     dependencies: Vec<usize>,
     /// An image only named by `--from`, not a stage of the file.
     unregistered: bool,
+    /// Named by `--no-cache-filter`: its ops do not use the cache.
+    ignore_cache: bool,
     resolved: bool,
     dispatched: bool,
     onbuild_initialized: bool,
@@ -436,6 +442,16 @@ impl<'a> Converter<'a> {
             .clone()
             .unwrap_or_else(|| format!("stage-{index}"));
         let base_stage = self.find_stage(&base.result);
+        let ignore_cache = self.options.no_cache_filter.iter().any(|wanted| {
+            let by_name = stage
+                .name
+                .as_deref()
+                .is_some_and(|name| name.eq_ignore_ascii_case(wanted));
+            let by_index = !wanted.is_empty()
+                && wanted.bytes().all(|byte| byte.is_ascii_digit())
+                && wanted.parse::<usize>() == Ok(index);
+            by_name || by_index
+        });
         let state = StageState {
             index,
             name: stage.name,
@@ -454,6 +470,7 @@ impl<'a> Converter<'a> {
             base_stage,
             dependencies: Vec::new(),
             unregistered: false,
+            ignore_cache,
             resolved: false,
             dispatched: false,
             onbuild_initialized: false,
@@ -569,6 +586,7 @@ impl<'a> Converter<'a> {
             base_stage: None,
             dependencies: Vec::new(),
             unregistered: true,
+            ignore_cache: false,
             resolved: false,
             dispatched: false,
             onbuild_initialized: true,

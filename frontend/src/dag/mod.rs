@@ -271,7 +271,8 @@ impl<T> IsEmpty for Vec<T> {
     }
 }
 
-/// Builds a definition op by op; an op added twice (same digest) is kept once.
+/// Builds a definition op by op; an op added twice (same digest) is kept once, with its first
+/// metadata (`ignore_cache` set if any adder set it).
 #[derive(Debug, Default)]
 pub struct DefinitionBuilder {
     definition: Definition,
@@ -285,7 +286,10 @@ impl DefinitionBuilder {
     /// Adds an op whose inputs were all added before, and returns its output 0.
     pub fn add(&mut self, op: Op, metadata: OpMetadata) -> Result<Input, DagError> {
         let digest = op_digest(&op)?;
-        if self.definition.positions.contains_key(&digest) {
+        if let Some(&position) = self.definition.positions.get(&digest) {
+            // The op keeps its first metadata, but "do not use the cache" from any adder holds
+            // (BuildKit merges `IgnoreCache` the same way).
+            self.definition.vertices[position].metadata.ignore_cache |= metadata.ignore_cache;
             return Ok(Input { digest, output: 0 });
         }
         for input in &op.inputs {
