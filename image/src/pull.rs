@@ -682,11 +682,12 @@ async fn download(
     drop(sender);
 
     // Commit the verified blob while the unpacker finishes.
+    let mut writer = Some(writer);
     let commit = if download_error.is_none() && downloaded == plan.descriptor.size {
         let commit_digest = digest.clone();
-        Some(tokio::task::spawn_blocking(move || {
-            commit_blob(writer, &commit_digest)
-        }))
+        writer
+            .take()
+            .map(|writer| tokio::task::spawn_blocking(move || commit_blob(writer, &commit_digest)))
     } else {
         None
     };
@@ -698,6 +699,12 @@ async fn download(
         return Err(error);
     }
     if let Some((_, Err(source))) = unpacked {
+        // The unpacker may have failed on bytes that are wrong (a corrupt stream fails to
+        // decompress before its digest can be checked): keep no unverified prefix to
+        // resume from.
+        if let Some(mut writer) = writer.take() {
+            let _ = writer.restart();
+        }
         return Err(ImageError::Unpack { digest, source });
     }
     match commit {

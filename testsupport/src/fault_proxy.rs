@@ -28,6 +28,9 @@ pub enum Fault {
     /// Forward (the upstream acts on the request), then reset without answering: the client
     /// cannot know whether its request took effect.
     DropResponse,
+    /// Forward, but send the body at about this many bytes a second (a slow download that
+    /// a test can interrupt mid-way).
+    Slow { bytes_per_second: usize },
 }
 
 #[derive(Debug, Clone)]
@@ -263,6 +266,23 @@ fn proxy_connection(
                 let _ = writer.flush();
                 reset(&writer);
                 return;
+            }
+            Some(Fault::Slow { bytes_per_second }) if !head_request => {
+                if write_head(&mut writer, &response, response.body.len()).is_err() {
+                    return;
+                }
+                // Twenty pieces a second.
+                let piece = (bytes_per_second / 20).max(1);
+                for part in response.body.chunks(piece) {
+                    if stopping.load(Ordering::SeqCst)
+                        || writer.write_all(part).is_err()
+                        || writer.flush().is_err()
+                    {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                continue;
             }
             Some(Fault::CorruptBody) if !response.body.is_empty() => {
                 let middle = response.body.len() / 2;
