@@ -42,6 +42,10 @@ enum Command {
     Import(commands::import::ImportArgs),
     /// Remove unused images' layers, blobs and build cache
     Prune(commands::prune::PruneArgs),
+    /// Save images to a docker-archive (or OCI layout) tar
+    Save(commands::save::SaveArgs),
+    /// Load images from a docker-archive or OCI layout (tar or directory)
+    Load(commands::load::LoadArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +62,8 @@ fn main() -> ExitCode {
         Command::Logout(args) => commands::logout::run(args),
         Command::Import(args) => commands::import::run(args),
         Command::Prune(args) => commands::prune::run(args),
+        Command::Save(args) => commands::save::run(args),
+        Command::Load(args) => commands::load::run(args),
     };
     match result {
         Ok(code) => code,

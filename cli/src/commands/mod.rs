@@ -12,3 +12,5 @@ pub mod login;
 pub mod logout;
 pub mod import;
 pub mod prune;
+pub mod load;
+pub mod save;
