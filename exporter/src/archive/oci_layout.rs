@@ -15,12 +15,15 @@ use super::{
 };
 use crate::error::{ExportError, Result};
 
+/// The names and top descriptor of each image in a layout's index.
+type IndexEntries = Vec<(Vec<String>, Descriptor)>;
+
 /// Collects every image's blobs and the index entries.
 fn plan(
     store: &Store,
     images: &[ArchiveImage],
     platform: &Platform,
-) -> Result<(Vec<Descriptor>, Vec<(Vec<String>, Descriptor)>)> {
+) -> Result<(Vec<Descriptor>, IndexEntries)> {
     let mut blobs: Vec<Descriptor> = Vec::new();
     let mut index_images = Vec::new();
     for image in images {
