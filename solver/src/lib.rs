@@ -11,7 +11,9 @@
 //! output index, or the content checksum of what the op selects from it)`.
 //! Keys are computed without running anything unless an input is read by content, in which
 //! case that input's value is materialized (loaded from cache or computed) first. A value is
-//! materialized only when someone needs it, so a fully cached build executes nothing.
+//! materialized only when someone needs it, so a fully cached build executes nothing. A
+//! checksum the worker remembers for (consumer, input index, input's key) stands in for the
+//! input's value, so a cached `COPY --from` does not even load the stage it copies from.
 
 mod graph;
 mod progress;

@@ -126,6 +126,32 @@ pub trait Worker: Send + Sync + 'static {
         outputs: &[Self::Value],
     ) -> impl Future<Output = Result<(), WorkerError>> + Send;
 
+    /// A content checksum remembered for what `op` reads from its input number `input`, the
+    /// result of cache key `input_key`. With one, the solver computes `op`'s key without
+    /// materializing the input (a cached `COPY --from` never loads the stage it reads).
+    /// The default remembers nothing.
+    fn remembered_checksum(
+        &self,
+        _op: &Self::Op,
+        _input: usize,
+        _input_key: &CacheKey,
+    ) -> impl Future<Output = Result<Option<Digest>, WorkerError>> + Send {
+        async { Ok(None) }
+    }
+
+    /// Remembers a checksum computed over `value`, the result of `input_key`. A worker must
+    /// only remember it where it is forgotten when `input_key`'s result changes.
+    fn remember_checksum(
+        &self,
+        _op: &Self::Op,
+        _input: usize,
+        _input_key: &CacheKey,
+        _value: &Self::Value,
+        _checksum: &Digest,
+    ) -> impl Future<Output = Result<(), WorkerError>> + Send {
+        async { Ok(()) }
+    }
+
     /// Which limit the op's execution counts against.
     fn execution_class(&self, _op: &Self::Op) -> ExecutionClass {
         ExecutionClass::Cpu
@@ -364,13 +390,35 @@ impl<W: Worker> State<W> {
                             })
                         }
                         Dependency::Content => {
-                            let value = state.value(input).await?;
+                            // A result that is always recomputed may differ under the same
+                            // key: its checksums are neither used nor remembered.
+                            let memo = !state.graph.vertex(input.vertex).no_cache;
+                            let input_key = state.key(input.vertex).await?;
                             let op = &state.graph.vertex(vertex).op;
+                            if memo {
+                                let remembered = state
+                                    .worker
+                                    .remembered_checksum(op, index, &input_key)
+                                    .await
+                                    .map_err(|e| state.fail(vertex, e))?;
+                                if let Some(checksum) = remembered {
+                                    return Ok(KeyPart::Content { checksum });
+                                }
+                            }
+                            let value = state.value(input).await?;
                             let checksum = state
                                 .worker
                                 .content_checksum(op, index, &value)
                                 .await
                                 .map_err(|e| state.fail(vertex, e))?;
+                            if memo {
+                                // Only a shortcut for later builds: failing to keep it is
+                                // not an error of this one.
+                                let _ = state
+                                    .worker
+                                    .remember_checksum(op, index, &input_key, &value, &checksum)
+                                    .await;
+                            }
                             Ok(KeyPart::Content { checksum })
                         }
                     }

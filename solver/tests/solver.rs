@@ -49,6 +49,10 @@ struct FakeWorker {
     canceled: AtomicUsize,
     /// The "content" of each op's value as seen by content checksums (value -> content).
     contents: Mutex<HashMap<String, String>>,
+    /// Remember content checksums by (consumer, input index, input key).
+    remember: bool,
+    remembered: Mutex<HashMap<(String, usize, CacheKey), Digest>>,
+    checksums_computed: AtomicUsize,
 }
 
 impl FakeWorker {
@@ -95,6 +99,7 @@ impl Worker for FakeWorker {
         _input: usize,
         value: &String,
     ) -> Result<Digest, WorkerError> {
+        self.checksums_computed.fetch_add(1, Ordering::SeqCst);
         let contents = self.contents.lock().unwrap();
         let content = contents.get(value).cloned().unwrap_or_default();
         Ok(Digest::of_bytes(content.as_bytes()))
@@ -154,6 +159,35 @@ impl Worker for FakeWorker {
             .lock()
             .unwrap()
             .insert(key.clone(), outputs.to_vec());
+        Ok(())
+    }
+
+    async fn remembered_checksum(
+        &self,
+        op: &FakeOp,
+        input: usize,
+        input_key: &CacheKey,
+    ) -> Result<Option<Digest>, WorkerError> {
+        let remembered = self.remembered.lock().unwrap();
+        Ok(remembered
+            .get(&(op.name.clone(), input, input_key.clone()))
+            .cloned())
+    }
+
+    async fn remember_checksum(
+        &self,
+        op: &FakeOp,
+        input: usize,
+        input_key: &CacheKey,
+        _value: &String,
+        checksum: &Digest,
+    ) -> Result<(), WorkerError> {
+        if self.remember {
+            self.remembered.lock().unwrap().insert(
+                (op.name.clone(), input, input_key.clone()),
+                checksum.clone(),
+            );
+        }
         Ok(())
     }
 
@@ -371,6 +405,47 @@ async fn content_dependencies_follow_content_not_upstream_keys() {
     solve(&worker, &build("ctx2"), 2).await.unwrap();
     assert_eq!(worker.executions("copy"), 2);
     assert_eq!(worker.executions("run"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn remembered_checksums_spare_materializing_the_input() {
+    // stage -> copy (reads the stage by content) -> run, as COPY --from=stage.
+    let mut graph = Graph::new();
+    let stage = graph.add(vertex(FakeOp::new("stage"), &[])).unwrap();
+    let mut copy = FakeOp::new("copy");
+    copy.content_inputs = vec![0];
+    let copy = graph.add(vertex(copy, &[stage])).unwrap();
+    graph.add(vertex(FakeOp::new("run"), &[copy])).unwrap();
+    let worker = Arc::new(FakeWorker {
+        remember: true,
+        ..FakeWorker::default()
+    });
+    solve(&worker, &graph, 2).await.unwrap();
+    assert_eq!(worker.checksums_computed.load(Ordering::SeqCst), 1);
+    // Only the target's record is kept (a cache imported in min mode): the stage is neither
+    // run nor loaded, its checksum comes from memory.
+    let stage_key = {
+        let cache = worker.cache.lock().unwrap();
+        cache
+            .iter()
+            .find(|(_, value)| value[0] == "stage()")
+            .map(|(key, _)| key.clone())
+            .unwrap()
+    };
+    worker.cache.lock().unwrap().remove(&stage_key);
+    let hits_before = worker.cache_hits.load(Ordering::SeqCst);
+    solve(&worker, &graph, 2).await.unwrap();
+    assert_eq!(worker.executions("stage"), 1);
+    assert_eq!(worker.executions("copy"), 1);
+    assert_eq!(worker.executions("run"), 1);
+    assert_eq!(worker.checksums_computed.load(Ordering::SeqCst), 1);
+    assert_eq!(worker.cache_hits.load(Ordering::SeqCst) - hits_before, 1);
+    // A stage marked no-cache is recomputed and its checksum taken again.
+    let mut no_cache = graph.clone();
+    no_cache.vertex_mut(stage).no_cache = true;
+    solve(&worker, &no_cache, 2).await.unwrap();
+    assert_eq!(worker.executions("stage"), 2);
+    assert_eq!(worker.checksums_computed.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
