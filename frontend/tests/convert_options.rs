@@ -1,8 +1,8 @@
 //! Conversion options beyond the Dockerfile: `--no-cache-filter` (ops of the named stages do
-//! not use the cache) and the stage each op belongs to.
+//! not use the cache), the stage each op belongs to, and `SOURCE_DATE_EPOCH`.
 
 use kiln_frontend::convert::{convert, ConvertOptions, ConvertResult};
-use kiln_frontend::dag::{OpKind, SourceOp, Vertex};
+use kiln_frontend::dag::{FileAction, OpKind, SourceOp, Vertex};
 use kiln_frontend::resolver::OfflineResolver;
 use kiln_types::Platform;
 
@@ -144,4 +144,101 @@ fn an_op_shared_with_a_filtered_stage_does_not_use_the_cache() {
         .collect();
     assert_eq!(runs.len(), 2);
     assert!(runs.iter().all(|vertex| vertex.metadata.ignore_cache));
+}
+
+/// The file actions of the definition with their timestamps: (kind, timestamp).
+fn action_times(result: &ConvertResult) -> Vec<(&'static str, Option<i64>)> {
+    let mut times = Vec::new();
+    for vertex in result.definition.vertices() {
+        let OpKind::File(file) = &vertex.op.kind else {
+            continue;
+        };
+        for action in &file.actions {
+            times.push(match action {
+                FileAction::Copy(copy) => ("copy", copy.timestamp),
+                FileAction::Mkdir(mkdir) => ("mkdir", mkdir.timestamp),
+                FileAction::Mkfile(mkfile) => ("mkfile", mkfile.timestamp),
+                _ => ("other", None),
+            });
+        }
+    }
+    times
+}
+
+const EPOCH_FILE: &str =
+    "FROM alpine\nWORKDIR /app\nCOPY . .\nCOPY <<EOF /etc/motd\nhi\nEOF\nUSER 1000\n";
+
+#[test]
+fn source_date_epoch_sets_history_and_created_files() {
+    let result = check(EPOCH_FILE, |options| {
+        options.source_date_epoch = Some(1_700_000_000)
+    });
+    assert_eq!(result.source_date_epoch, Some(1_700_000_000));
+    let history = &result.target_stage().image.history;
+    assert_eq!(history.len(), 4);
+    for entry in history {
+        assert_eq!(entry.created.as_deref(), Some("2023-11-14T22:13:20Z"));
+    }
+    assert_eq!(
+        action_times(&result),
+        vec![
+            ("mkdir", Some(1_700_000_000)),
+            // Copied files keep their own times, as in BuildKit (the exporter clamps them).
+            ("copy", None),
+            ("mkfile", Some(1_700_000_000)),
+            ("copy", None),
+        ]
+    );
+
+    let without = check(EPOCH_FILE, |_| {});
+    assert_eq!(without.source_date_epoch, None);
+    assert!(without
+        .target_stage()
+        .image
+        .history
+        .iter()
+        .all(|entry| entry.created.is_none()));
+    assert!(action_times(&without)
+        .iter()
+        .all(|(_, time)| time.is_none()));
+    assert_ne!(
+        without.target, result.target,
+        "the epoch is part of the digests"
+    );
+}
+
+#[test]
+fn source_date_epoch_build_arg_wins_over_the_option_and_the_global_arg() {
+    let text = format!("ARG SOURCE_DATE_EPOCH=5\n{EPOCH_FILE}");
+    let from_arg = check(&text, |_| {});
+    assert_eq!(from_arg.source_date_epoch, Some(5));
+    let from_option = check(&text, |options| options.source_date_epoch = Some(7));
+    assert_eq!(from_option.source_date_epoch, Some(7));
+    let from_build_arg = check(&text, |options| {
+        options.source_date_epoch = Some(7);
+        options
+            .build_args
+            .insert("SOURCE_DATE_EPOCH".into(), "1700000000".into());
+    });
+    assert_eq!(from_build_arg.source_date_epoch, Some(1_700_000_000));
+    let cleared = check(&text, |options| {
+        options
+            .build_args
+            .insert("SOURCE_DATE_EPOCH".into(), String::new());
+    });
+    assert_eq!(cleared.source_date_epoch, None);
+}
+
+#[test]
+fn source_date_epoch_must_be_a_number() {
+    let resolver = OfflineResolver;
+    let mut options = ConvertOptions::new(&resolver);
+    options
+        .build_args
+        .insert("SOURCE_DATE_EPOCH".into(), "1.5".into());
+    let error = convert(EPOCH_FILE, "Dockerfile", &options).expect_err("not a number");
+    assert!(
+        error.message.contains("invalid SOURCE_DATE_EPOCH: 1.5"),
+        "{error}"
+    );
 }

@@ -191,7 +191,9 @@ impl Converter<'_> {
     }
 
     fn commit(&mut self, index: usize, created_by: String, with_layer: bool) {
+        let created = self.epoch_created.clone();
         self.states[index].image.history.push(History {
+            created,
             created_by: Some(created_by),
             comment: Some(HISTORY_COMMENT.to_string()),
             empty_layer: !with_layer,
@@ -483,7 +485,7 @@ impl Converter<'_> {
                         mode: 0o755,
                         make_parents: true,
                         owner,
-                        timestamp: None,
+                        timestamp: self.epoch,
                     })],
                 }),
             };
@@ -1136,7 +1138,7 @@ impl Converter<'_> {
                         mode: 0o644,
                         data: data.clone(),
                         owner: None,
-                        timestamp: None,
+                        timestamp: self.epoch,
                     })],
                 }),
             };

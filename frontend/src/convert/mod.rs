@@ -56,6 +56,12 @@ pub struct ConvertOptions<'a> {
     /// `--no-cache-filter`: stages (by name, case-insensitive, or by index) whose ops must not
     /// use cached results; their ops get [`OpMetadata::ignore_cache`].
     pub no_cache_filter: Vec<String>,
+    /// `SOURCE_DATE_EPOCH` (Unix seconds) from the environment; a `--build-arg
+    /// SOURCE_DATE_EPOCH=N` takes precedence, a global `ARG SOURCE_DATE_EPOCH=N` comes last.
+    /// It becomes the `created` time of the history entries and the time of the directories
+    /// and inline files the build creates (WORKDIR, heredocs). Copied files keep their times,
+    /// as in BuildKit: the exporter clamps layer times to the epoch.
+    pub source_date_epoch: Option<i64>,
 }
 
 impl<'a> ConvertOptions<'a> {
@@ -70,6 +76,7 @@ impl<'a> ConvertOptions<'a> {
             context_name: "context".to_string(),
             hostname: None,
             no_cache_filter: Vec::new(),
+            source_date_epoch: None,
         }
     }
 }
@@ -113,6 +120,9 @@ pub struct ConvertResult {
     pub target_stage: usize,
     /// The converted stages (those the target needs), in Dockerfile order.
     pub stages: Vec<StageResult>,
+    /// The `SOURCE_DATE_EPOCH` in force (from the options, a build arg or a global ARG), for
+    /// the exporter.
+    pub source_date_epoch: Option<i64>,
 }
 
 impl ConvertResult {
@@ -198,9 +208,13 @@ fn render_stage(out: &mut String, definition: &Definition, stage: &StageResult) 
     for entry in history {
         let _ = writeln!(
             out,
-            "  history: {}{}",
+            "  history: {}{}{}",
             entry.created_by.unwrap_or_default(),
-            if entry.empty_layer { " (empty)" } else { "" }
+            if entry.empty_layer { " (empty)" } else { "" },
+            entry
+                .created
+                .map(|created| format!(" created={created}"))
+                .unwrap_or_default()
         );
     }
 }
@@ -281,6 +295,10 @@ struct Converter<'a> {
     builder: DefinitionBuilder,
     /// Proxy values from build args, for RUN (not digested).
     proxy_env: Vec<String>,
+    /// `SOURCE_DATE_EPOCH`, once the global ARGs are known.
+    epoch: Option<i64>,
+    /// The epoch as history's `created` time.
+    epoch_created: Option<String>,
 }
 
 /// An ordered environment where setting a key moves it to the end (BuildKit's `EnvList`).
@@ -331,6 +349,8 @@ impl<'a> Converter<'a> {
             states: Vec::new(),
             builder: DefinitionBuilder::new(),
             proxy_env,
+            epoch: None,
+            epoch_created: None,
         }
     }
 
@@ -386,6 +406,8 @@ impl<'a> Converter<'a> {
                 }
             }
         }
+        self.epoch = self.source_date_epoch()?;
+        self.epoch_created = self.epoch.map(rfc3339);
         for (index, stage) in stages.into_iter().enumerate() {
             self.add_stage(index, stage)?;
         }
@@ -399,6 +421,28 @@ impl<'a> Converter<'a> {
             }
         }
         self.finish(target, &reachable)
+    }
+
+    /// `SOURCE_DATE_EPOCH`: a build arg, else the option, else a global ARG's value.
+    fn source_date_epoch(&self) -> Result<Option<i64>, Error> {
+        const KEY: &str = "SOURCE_DATE_EPOCH";
+        let text = match (
+            self.options.build_args.get(KEY),
+            self.options.source_date_epoch,
+        ) {
+            (Some(text), _) => text.as_str(),
+            (None, Some(epoch)) => return Ok(Some(epoch)),
+            (None, None) => env_get(&self.global_args, KEY).unwrap_or_default(),
+        };
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse::<i64>().map(Some).map_err(|_| {
+            Error::general(
+                self.source.name(),
+                format!("invalid SOURCE_DATE_EPOCH: {text} (it must be a whole number of seconds since 1970)"),
+            )
+        })
     }
 
     fn add_stage(&mut self, index: usize, stage: Stage) -> Result<(), Error> {
@@ -890,6 +934,7 @@ impl<'a> Converter<'a> {
             target: target_output,
             target_stage,
             stages,
+            source_date_epoch: self.epoch,
         })
     }
 }
@@ -959,4 +1004,45 @@ fn empty_image(platform: &Platform) -> ImageSpec {
         image.config.env = Some(vec![format!("PATH={DEFAULT_PATH}")]);
     }
     image
+}
+
+/// Unix seconds as RFC 3339 in UTC (`2023-11-14T22:13:20Z`), as image configs write times.
+fn rfc3339(unix_seconds: i64) -> String {
+    let days = unix_seconds.div_euclid(86_400);
+    let second_of_day = unix_seconds.rem_euclid(86_400);
+    // Howard Hinnant's civil-from-days: the proleptic Gregorian date of a day number.
+    let shifted = days + 719_468;
+    let era = shifted.div_euclid(146_097);
+    let day_of_era = shifted.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        second_of_day / 3_600,
+        second_of_day % 3_600 / 60,
+        second_of_day % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+
+    #[test]
+    fn rfc3339_times() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+        assert_eq!(rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
+    }
 }

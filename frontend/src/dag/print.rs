@@ -355,6 +355,9 @@ fn action_summary(out: &mut String, definition: &Definition, vertex: &Vertex, ac
                 out.push_str(" parents");
             }
             out.push_str(&chown_text(&mkdir.owner));
+            if let Some(timestamp) = mkdir.timestamp {
+                let _ = write!(out, " time={timestamp}");
+            }
         }
         FileAction::Mkfile(mkfile) => {
             let _ = write!(
@@ -365,6 +368,9 @@ fn action_summary(out: &mut String, definition: &Definition, vertex: &Vertex, ac
                 quote(&mkfile.data)
             );
             out.push_str(&chown_text(&mkfile.owner));
+            if let Some(timestamp) = mkfile.timestamp {
+                let _ = write!(out, " time={timestamp}");
+            }
         }
         FileAction::Rm(rm) => {
             let _ = write!(out, "rm {}", quote(&rm.path));
