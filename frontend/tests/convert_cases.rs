@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use kiln_frontend::convert::{convert, render_result, ConvertOptions};
 use kiln_frontend::dag::PrintFormat;
 use kiln_frontend::resolver::MapResolver;
-use kiln_types::{ImageConfig, ImageSpec, Platform};
+use kiln_types::{Digest, ImageConfig, ImageSpec, Platform, RootFs};
 
 fn cases_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/frontend")
@@ -29,6 +29,7 @@ pub fn fake_resolver() -> MapResolver {
                 cmd: Some(vec!["/bin/sh".into()]),
                 ..ImageConfig::default()
             },
+            rootfs: RootFs::layers(vec![Digest::of_bytes(b"a layer")]),
             ..ImageSpec::default()
         };
     MapResolver::new()
@@ -67,6 +68,12 @@ pub fn fake_resolver() -> MapResolver {
             "example/app-user",
             image(&["PATH=/usr/bin:/bin"], Some("/home/app"), Some("app"), &[]),
         )
+        .with("example/config-only", {
+            // No layers: the stage starts from scratch with this config.
+            let mut config_only = image(&["PATH=/bin", "MODE=empty"], Some("/srv"), None, &[]);
+            config_only.rootfs = RootFs::layers(Vec::new());
+            config_only
+        })
         .with(
             "example/onbuild",
             image(

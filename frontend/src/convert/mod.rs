@@ -849,6 +849,11 @@ impl<'a> Converter<'a> {
             .resolver
             .resolve_config(&reference, &platform)
             .map_err(|error| self.error_at(line, format!("{base_name}: {error}")))?;
+        // An image without layers is the empty filesystem with a config: BuildKit builds on
+        // scratch then (a schema 1 image lists no diff ids, but non-empty history entries).
+        let layerless = config.as_ref().is_some_and(|image| {
+            image.rootfs.diff_ids.is_empty() && image.history.iter().all(|entry| entry.empty_layer)
+        });
         let mut image = match config {
             Some(mut image) => {
                 image.created = None;
@@ -871,9 +876,13 @@ impl<'a> Converter<'a> {
             image.variant = platform.variant.clone();
         }
         let state = &mut self.states[index];
-        state.base = StageBase::Image {
-            written: base_name,
-            reference,
+        state.base = if layerless {
+            StageBase::Scratch
+        } else {
+            StageBase::Image {
+                written: base_name,
+                reference,
+            }
         };
         state.image = image;
         state.platform = Some(platform);
