@@ -20,6 +20,12 @@ struct StepRecord {
     definition: String,
     /// The names of the steps its inputs come from, in order.
     inputs: Vec<String>,
+    /// For inputs read by content: every selected file and its digest, by input index.
+    #[serde(default)]
+    listings: BTreeMap<usize, Vec<(String, Digest)>>,
+    /// For a base image: the manifest digest its reference resolved to.
+    #[serde(default)]
+    resolved: Option<Digest>,
 }
 
 /// The records of the last build and of this one.
@@ -94,8 +100,24 @@ impl ExplainLog {
                     .iter()
                     .map(|&input| names.get(input).cloned().unwrap_or_default())
                     .collect(),
+                listings: BTreeMap::new(),
+                resolved: None,
             },
         );
+    }
+
+    /// Records the manifest digest a base image step resolved to.
+    pub fn attach_resolution(&mut self, name: &str, digest: &Digest) {
+        if let Some(record) = self.current.get_mut(name) {
+            record.resolved = Some(digest.clone());
+        }
+    }
+
+    /// Adds the files behind a content checksum of step `name`'s input `input`.
+    pub fn attach_listing(&mut self, name: &str, input: usize, listing: Vec<(String, Digest)>) {
+        if let Some(record) = self.current.get_mut(name) {
+            record.listings.insert(input, listing);
+        }
     }
 
     /// Why the step `name` missed the cache, as lines of text.
@@ -113,7 +135,16 @@ impl ExplainLog {
         }
         let mut reasons = Vec::new();
         if previous.components.definition != current.components.definition {
-            reasons.push(definition_change(&previous.definition, &current.definition));
+            match (&previous.resolved, &current.resolved) {
+                (Some(before), Some(after))
+                    if before != after && previous.definition == current.definition =>
+                {
+                    reasons.push(format!(
+                        "the base image now resolves to {after} (was {before})"
+                    ))
+                }
+                _ => reasons.push(definition_change(&previous.definition, &current.definition)),
+            }
         }
         let count = previous
             .components
@@ -133,7 +164,16 @@ impl ExplainLog {
                 .unwrap_or_else(|| format!("input {index}"));
             reasons.push(match after {
                 Some(KeyPart::Content { .. }) => {
-                    format!("the files it reads from {input_name} changed")
+                    let files = match (previous.listings.get(&index), current.listings.get(&index))
+                    {
+                        (Some(before), Some(after)) => changed_files(before, after),
+                        _ => String::new(),
+                    };
+                    if files.is_empty() {
+                        format!("the files it reads from {input_name} changed")
+                    } else {
+                        format!("the files it reads from {input_name} changed: {files}")
+                    }
                 }
                 Some(KeyPart::Key { .. }) => format!("its input {input_name} changed"),
                 None => format!("input {index} was removed"),
@@ -148,6 +188,38 @@ impl ExplainLog {
         }
         text
     }
+}
+
+/// `a.txt changed, b added, c removed` from two file listings.
+fn changed_files(before: &[(String, Digest)], after: &[(String, Digest)]) -> String {
+    let before: BTreeMap<&str, &Digest> = before
+        .iter()
+        .map(|(path, digest)| (path.as_str(), digest))
+        .collect();
+    let after: BTreeMap<&str, &Digest> = after
+        .iter()
+        .map(|(path, digest)| (path.as_str(), digest))
+        .collect();
+    let mut changes = Vec::new();
+    for (path, digest) in &after {
+        match before.get(path) {
+            Some(old) if old != digest => changes.push(format!("{path} changed")),
+            None => changes.push(format!("{path} added")),
+            _ => {}
+        }
+    }
+    for path in before.keys() {
+        if !after.contains_key(path) {
+            changes.push(format!("{path} removed"));
+        }
+    }
+    let total = changes.len();
+    changes.truncate(8);
+    let mut text = changes.join(", ");
+    if total > 8 {
+        text.push_str(&format!(" and {} more", total - 8));
+    }
+    text
 }
 
 /// Names the fields of an op's definition that differ.

@@ -3,7 +3,7 @@
 //! of its input snapshot, file ops run over an overlay too, and every result is a committed
 //! snapshot whose upper is the step's layer.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -18,6 +18,7 @@ use crate::checksum::{self, ChecksumCache};
 use crate::fileops::{self, FileOpOptions, SourceRoot};
 use crate::graph::WorkerOp;
 use crate::images::ImageSources;
+use crate::remote_cache::{self, RemoteCache};
 use crate::value::Value;
 
 /// Everything a build needs besides the graph.
@@ -32,6 +33,9 @@ pub struct BuildSettings {
     pub default_network: kiln_runner::Network,
     /// Whether `RUN --security=insecure` is allowed.
     pub allow_insecure: bool,
+    /// Keep the list of files (with their digests) behind every content checksum, for
+    /// `--explain-cache` (see [`BuildWorker::take_listings`]).
+    pub record_listings: bool,
 }
 
 /// An error of the build worker, with the facts.
@@ -67,6 +71,10 @@ fn store_error(
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct CachedOutputs {
     outputs: Vec<Value>,
+    /// Content checksums computed over these outputs for consumer ops, by
+    /// [`remote_cache::checksum_selector`]: a consumer's key needs no materialized input.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    checksums: BTreeMap<String, Digest>,
 }
 
 /// The solver worker of a Dockerfile build.
@@ -79,6 +87,10 @@ pub struct BuildWorker {
     context_checksums: ChecksumCache,
     /// Locks of `sharing=locked` cache mounts held in this process.
     cache_mount_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Records imported with `--cache-from`, materialized when loaded.
+    pub(crate) remote_cache: Option<Arc<RemoteCache>>,
+    /// Files behind content checksums, by (op digest, input index), when recorded.
+    listings: Mutex<HashMap<(Digest, usize), Vec<checksum::ListedEntry>>>,
 }
 
 impl BuildWorker {
@@ -106,7 +118,58 @@ impl BuildWorker {
             settings,
             context_checksums,
             cache_mount_locks: Mutex::new(HashMap::new()),
+            remote_cache: None,
+            listings: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Uses records imported from a build cache elsewhere when the store has none.
+    pub fn with_remote_cache(mut self, cache: Arc<RemoteCache>) -> Self {
+        self.remote_cache = Some(cache);
+        self
+    }
+
+    /// The imported build cache, if any.
+    pub fn remote_cache(&self) -> Option<&Arc<RemoteCache>> {
+        self.remote_cache.as_ref()
+    }
+
+    /// The outputs of `key`'s local cache record and the checksums remembered with them.
+    pub fn cached_outputs(
+        &self,
+        key: &CacheKey,
+    ) -> Result<Option<(Vec<Value>, BTreeMap<String, Digest>)>, BuildError> {
+        let record = self
+            .store
+            .cache_record(key.as_str())
+            .map_err(store_error("reading the build cache"))?;
+        Ok(record
+            .and_then(|record| serde_json::from_value::<CachedOutputs>(record.data).ok())
+            .map(|cached| (cached.outputs, cached.checksums)))
+    }
+
+    /// Materializes an imported record for `key`; a failure is a miss, kept as a warning.
+    async fn load_remote(&self, key: &CacheKey, op: &WorkerOp) -> Option<Vec<Value>> {
+        let cache = self.remote_cache.as_ref()?;
+        let record = cache.record(key)?;
+        match remote_cache::materialize(self, cache, record).await {
+            Ok(outputs) => match self.save(key, op, &outputs).await {
+                Ok(()) => Some(outputs),
+                Err(error) => {
+                    cache.warn(format!("imported cache record {key} not saved: {error}"));
+                    None
+                }
+            },
+            Err(error) => {
+                cache.warn(format!("imported cache record {key} not used: {error}"));
+                None
+            }
+        }
+    }
+
+    /// The base images this build resolved: (reference, platform, manifest digest).
+    pub fn image_resolutions(&self) -> Vec<(String, String, Digest)> {
+        self.images.resolutions()
     }
 
     /// The store this worker builds into.
@@ -117,6 +180,12 @@ impl BuildWorker {
     /// The lease that keeps everything this build made alive until it is tagged.
     pub fn lease(&self) -> &Lease {
         &self.lease
+    }
+
+    /// The files behind each content checksum computed so far, by (op digest, input index)
+    /// (only with `BuildSettings::record_listings`).
+    pub fn take_listings(&self) -> HashMap<(Digest, usize), Vec<checksum::ListedEntry>> {
+        std::mem::take(&mut *self.listings.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Saves the context's stat cache so the next build only stats unchanged files.
@@ -361,9 +430,17 @@ impl Worker for BuildWorker {
                     }
                     _ => None,
                 });
-                tokio::task::block_in_place(|| {
-                    checksum::checksum_copy_sources(&source, actions, cache)
-                })?
+                let list = self.settings.record_listings;
+                let (digest, listing) = tokio::task::block_in_place(|| {
+                    checksum::checksum_copy_sources_listed(&source, actions, cache, list)
+                })?;
+                if list {
+                    self.listings
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert((op.vertex.digest.clone(), input), listing);
+                }
+                digest
             }
             OpKind::Exec(exec) => {
                 let mut selectors: Vec<&str> = exec
@@ -401,7 +478,7 @@ impl Worker for BuildWorker {
             .cache_record(key.as_str())
             .map_err(store_error("reading the build cache"))?;
         let Some(record) = record else {
-            return Ok(None);
+            return Ok(self.load_remote(key, op).await);
         };
         let Ok(cached) = serde_json::from_value::<CachedOutputs>(record.data.clone()) else {
             return Ok(None);
@@ -488,6 +565,7 @@ impl Worker for BuildWorker {
             cache_mounts: vec![],
             data: serde_json::to_value(CachedOutputs {
                 outputs: outputs.to_vec(),
+                checksums: BTreeMap::new(),
             })?,
             created_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -496,6 +574,60 @@ impl Worker for BuildWorker {
         };
         self.store
             .put_cache_record(key.as_str(), &record)
+            .map_err(store_error("writing the build cache"))?;
+        Ok(())
+    }
+
+    async fn remembered_checksum(
+        &self,
+        op: &WorkerOp,
+        input: usize,
+        input_key: &CacheKey,
+    ) -> Result<Option<Digest>, WorkerError> {
+        let selector = remote_cache::checksum_selector(&op.definition, input);
+        if let Some((_, checksums)) = self.cached_outputs(input_key)? {
+            if let Some(found) = checksums.get(&selector) {
+                return Ok(Some(found.clone()));
+            }
+        }
+        Ok(self
+            .remote_cache
+            .as_ref()
+            .and_then(|cache| cache.checksum(input_key, &selector))
+            .cloned())
+    }
+
+    async fn remember_checksum(
+        &self,
+        op: &WorkerOp,
+        input: usize,
+        input_key: &CacheKey,
+        value: &Value,
+        checksum: &Digest,
+    ) -> Result<(), WorkerError> {
+        // Only a result stored under its key is the same content whenever the key is: the
+        // build context is read in place and changes under a constant key.
+        if !matches!(value, Value::Snapshot { .. }) {
+            return Ok(());
+        }
+        let Some(mut record) = self
+            .store
+            .cache_record(input_key.as_str())
+            .map_err(store_error("reading the build cache"))?
+        else {
+            return Ok(());
+        };
+        let Ok(mut cached) = serde_json::from_value::<CachedOutputs>(record.data.clone()) else {
+            return Ok(());
+        };
+        if cached.outputs.iter().all(|output| output != value) {
+            return Ok(());
+        }
+        let selector = remote_cache::checksum_selector(&op.definition, input);
+        cached.checksums.insert(selector, checksum.clone());
+        record.data = serde_json::to_value(cached)?;
+        self.store
+            .put_cache_record(input_key.as_str(), &record)
             .map_err(store_error("writing the build cache"))?;
         Ok(())
     }

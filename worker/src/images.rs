@@ -91,6 +91,20 @@ impl ImageSources {
         Ok(resolved)
     }
 
+    /// Every resolution made so far: (reference, platform, manifest digest).
+    pub fn resolutions(&self) -> Vec<(String, String, Digest)> {
+        self.lock()
+            .iter()
+            .map(|((reference, platform), image)| {
+                (
+                    reference.clone(),
+                    platform.clone(),
+                    image.manifest_digest.clone(),
+                )
+            })
+            .collect()
+    }
+
     /// The image's top snapshot, pulled if needed.
     pub async fn materialize(
         &self,

@@ -63,6 +63,7 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             Some(Platform::parse(platform).with_context(|| format!("--platform {platform}"))?);
     }
     options.dockerignore = dockerignore;
+    options.source_date_epoch = crate::build_cache::source_date_epoch_from_env()?;
     let converted = tokio::task::block_in_place(|| convert(&text, &dockerfile_name, &options))
         .map_err(|error| anyhow!("{error}"))?;
 
@@ -95,12 +96,8 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         client: client.clone(),
     });
     let sources = ImageSources::new(provider, args.pull);
-    let worker = Arc::new(BuildWorker::new(
-        store.clone(),
-        Arc::new(sandbox),
-        sources,
-        settings,
-    )?);
+    let worker = BuildWorker::new(store.clone(), Arc::new(sandbox), sources, settings)?;
+    let worker = Arc::new(crate::build_cache::import_caches(worker, &args, &client).await?);
 
     let explain_key = ExplainLog::key(&args.context, &dockerfile_name);
     let mut explain = ExplainLog::load(&args.root, &explain_key);
@@ -131,12 +128,15 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|vertex| vertex.inputs.iter().map(|input| input.vertex).collect())
         .collect();
+    let cache_keys = crate::build_cache::KeyLog::default();
+    let key_log = cache_keys.clone();
     let render = tokio::spawn(async move {
         let mut failed = None;
         let mut ran = Vec::new();
         while let Some(event) = receiver.recv().await {
             match &event.kind {
                 EventKind::Key { key, components } => {
+                    key_log.record(event.vertex, key);
                     explain.record(
                         &event.name,
                         key,
@@ -159,12 +159,34 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         .solve(graph.clone(), target, events, cancel.clone())
         .await;
     drop(solver);
-    let (renderer, explain, failed, ran) = render.await.context("progress renderer")?;
+    let (renderer, mut explain, failed, ran) = render.await.context("progress renderer")?;
     worker.save_checksum_cache();
     if explain_wanted {
+        for ((digest, input), listing) in worker.take_listings() {
+            if let Some(position) = converted.definition.position(&digest) {
+                explain.attach_listing(&graph.vertex(position).name, input, listing);
+            }
+        }
+        for (reference, platform, digest) in worker.image_resolutions() {
+            for vertex in graph.vertices() {
+                if let dag::OpKind::Source(dag::SourceOp::Image(image)) = &vertex.op.vertex.op.kind
+                {
+                    if image.reference == reference && image.platform.to_string() == platform {
+                        explain.attach_resolution(&vertex.name, &digest);
+                    }
+                }
+            }
+        }
         let mut report = String::from("\ncache explanation:\n");
         for vertex in &ran {
-            report.push_str(&explain.explain(&graph.vertex(*vertex).name));
+            let node = graph.vertex(*vertex);
+            if matches!(
+                node.op.vertex.op.kind,
+                dag::OpKind::Source(dag::SourceOp::Local(_) | dag::SourceOp::Scratch)
+            ) {
+                continue;
+            }
+            report.push_str(&explain.explain(&node.name));
         }
         write_stderr(&report);
     }
@@ -193,7 +215,21 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         Value::Snapshot { top } => top,
         Value::Context { .. } => bail!("the target stage is the build context itself"),
     };
+    crate::build_cache::prepare_base_image(&worker, &converted, &client).await;
     let built = tokio::task::block_in_place(|| export_image(&worker, &converted, top.as_ref()))?;
+    let built = crate::build_cache::export_caches(
+        crate::build_cache::ExportInputs {
+            args: &args,
+            worker: &worker,
+            graph: &graph,
+            keys: &cache_keys,
+            client: &client,
+            converted: &converted,
+            top: top.as_ref(),
+        },
+        built,
+    )
+    .await?;
     let mut out = String::new();
     out.push_str(&format!("writing image {}\n", built.config_digest()));
     if !tags.is_empty() {
@@ -266,6 +302,7 @@ fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
             .allow
             .iter()
             .any(|entitlement| entitlement == "security.insecure"),
+        record_listings: args.explain_cache,
     })
 }
 
@@ -329,7 +366,7 @@ fn export_image(
             .history
             .retain(|entry| entry.comment.as_deref() == Some("buildkit") || entry.empty_layer);
     }
-    let options = kiln_exporter::LayerOptions::default();
+    let options = crate::build_cache::layer_options(converted);
     let built = kiln_exporter::build_image(
         store,
         worker.lease(),

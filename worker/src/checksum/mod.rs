@@ -71,6 +71,21 @@ pub fn checksum_copy_sources<'a>(
     actions: impl IntoIterator<Item = &'a CopyAction>,
     cache: &ChecksumCache,
 ) -> Result<Digest, ChecksumError> {
+    Ok(checksum_copy_sources_listed(source, actions, cache, false)?.0)
+}
+
+/// One selected entry and the digest of everything the checksum took from it: what
+/// `--explain-cache` compares to name the files that changed.
+pub type ListedEntry = (String, Digest);
+
+/// [`checksum_copy_sources`], and with `list` also every selected entry's own digest.
+pub fn checksum_copy_sources_listed<'a>(
+    source: &SourceRoot,
+    actions: impl IntoIterator<Item = &'a CopyAction>,
+    cache: &ChecksumCache,
+    list: bool,
+) -> Result<(Digest, Vec<ListedEntry>), ChecksumError> {
+    let mut listing = Vec::new();
     let mut plans: Vec<(Vec<Selection>, bool)> = Vec::new();
     for action in actions {
         plans.push((select_copy(source, action)?, action.dir_contents_only));
@@ -99,10 +114,19 @@ pub fn checksum_copy_sources<'a>(
                     continue;
                 }
                 put_entry(&mut digest, source, entry, entry_hashes);
+                if list {
+                    let mut own = Sha256::new();
+                    put_entry(&mut own, source, entry, entry_hashes);
+                    let path = selection.entry_root_relative(entry);
+                    listing.push((
+                        path.to_string_lossy().into_owned(),
+                        Digest::from_sha256(own.finalize().into()),
+                    ));
+                }
             }
         }
     }
-    Ok(Digest::from_sha256(digest.finalize().into()))
+    Ok((Digest::from_sha256(digest.finalize().into()), listing))
 }
 
 /// The checksum of `path` inside `source` and everything below it (a bind mount's
