@@ -120,12 +120,12 @@ impl ExplainLog {
         }
     }
 
-    /// Why the step `name` missed the cache, as lines of text.
-    pub fn explain(&self, name: &str) -> String {
-        let Some(current) = self.current.get(name) else {
+    /// Why the step `identity` (shown as `name`) missed the cache, as lines of text.
+    pub fn explain(&self, identity: &str, name: &str) -> String {
+        let Some(current) = self.current.get(identity) else {
             return format!("  {name}: no key was computed\n");
         };
-        let Some(previous) = self.previous.get(name) else {
+        let Some(previous) = self.previous.get(identity) else {
             return format!("  {name}: not built before (no earlier record of this step)\n");
         };
         if previous.key == current.key {

@@ -130,6 +130,7 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         .collect();
     let cache_keys = crate::build_cache::KeyLog::default();
     let key_log = cache_keys.clone();
+    let identities: Vec<String> = graph.vertices().iter().map(step_identity).collect();
     let render = tokio::spawn(async move {
         let mut failed = None;
         let mut ran = Vec::new();
@@ -138,7 +139,7 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
                 EventKind::Key { key, components } => {
                     key_log.record(event.vertex, key);
                     explain.record(
-                        &event.name,
+                        &identities[event.vertex],
                         key,
                         components,
                         &describe[&event.vertex],
@@ -164,7 +165,7 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     if explain_wanted {
         for ((digest, input), listing) in worker.take_listings() {
             if let Some(position) = converted.definition.position(&digest) {
-                explain.attach_listing(&graph.vertex(position).name, input, listing);
+                explain.attach_listing(&step_identity(graph.vertex(position)), input, listing);
             }
         }
         for (reference, platform, digest) in worker.image_resolutions() {
@@ -172,7 +173,7 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
                 if let dag::OpKind::Source(dag::SourceOp::Image(image)) = &vertex.op.vertex.op.kind
                 {
                     if image.reference == reference && image.platform.to_string() == platform {
-                        explain.attach_resolution(&vertex.name, &digest);
+                        explain.attach_resolution(&step_identity(vertex), &digest);
                     }
                 }
             }
@@ -186,7 +187,7 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             ) {
                 continue;
             }
-            report.push_str(&explain.explain(&node.name));
+            report.push_str(&explain.explain(&step_identity(node), &node.name));
         }
         write_stderr(&report);
     }
@@ -244,6 +245,20 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
 
 fn write_stderr(text: &str) {
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
+/// What `--explain-cache` matches a step by across builds: its stage and Dockerfile line (its
+/// name changes with expanded arguments), else its name.
+fn step_identity(vertex: &kiln_solver::Vertex<kiln_worker::graph::WorkerOp>) -> String {
+    let metadata = &vertex.op.vertex.metadata;
+    match metadata.lines {
+        Some((line, _)) => format!(
+            "{}@{line}:{}",
+            metadata.stage.as_deref().unwrap_or(""),
+            vertex.op.vertex.op.kind.name()
+        ),
+        None => vertex.name.clone(),
+    }
 }
 
 /// A short description of an op for `--explain-cache` (its definition without inputs).
