@@ -3,7 +3,9 @@
 
 use kiln_types::{HealthConfig, History, ImageSpec};
 
-use super::{env_get, env_set, Converter, PairsEnv, StageBase, StageCommand, DEFAULT_PATH};
+use super::{
+    env_get, env_set, is_plain_word, Converter, PairsEnv, StageBase, StageCommand, DEFAULT_PATH,
+};
 use crate::dag::{
     CacheMount, CacheSharing, Chmod, Chown, CopyAction, ExecOp, FileAction, FileOp, GitSource,
     HttpSource, ImageSource, Input, LocalSource, MergeOp, MkdirAction, MkfileAction, Mount,
@@ -35,16 +37,23 @@ impl Converter<'_> {
             .count()
             == 1;
         if let Some(base) = self.states[index].base_stage {
-            let base_state = self.states[base].clone();
+            let base_state = &self.states[base];
+            let filesystem = base_state.filesystem.clone();
+            let platform = base_state.platform.clone();
+            let mut image = base_state.image.clone();
+            let build_args = base_state.build_args.clone();
+            let env = base_state.env.clone();
+            let cwd = base_state.cwd.clone();
+            let user = base_state.user.clone();
+            image.config.on_build = None;
             let state = &mut self.states[index];
-            state.filesystem = base_state.filesystem;
-            state.platform = base_state.platform;
-            state.image = base_state.image;
-            state.image.config.on_build = None;
-            state.build_args.extend(base_state.build_args);
-            state.env = base_state.env;
-            state.cwd = base_state.cwd;
-            state.user = base_state.user;
+            state.filesystem = filesystem;
+            state.platform = platform;
+            state.image = image;
+            state.build_args.extend(build_args);
+            state.env = env;
+            state.cwd = cwd;
+            state.user = user;
         } else {
             let platform = self.states[index]
                 .platform
@@ -166,10 +175,14 @@ impl Converter<'_> {
         let mut lexer = self.lexer;
         lexer.raw_quotes = true;
         lexer.skip_unset_env = true;
-        let expanded = lexer
-            .process_word(original, &PairsEnv(&self.states[index].env))
-            .map(|word| word.result)
-            .unwrap_or_else(|_| original.to_string());
+        let expanded = if is_plain_word(original, lexer.escape) {
+            original.to_string()
+        } else {
+            lexer
+                .process_word(original, &PairsEnv(&self.states[index].env))
+                .map(|word| word.result)
+                .unwrap_or_else(|_| original.to_string())
+        };
         let mut parts = expanded.splitn(2, ' ');
         let first = parts.next().unwrap_or_default().to_uppercase();
         let text = match parts.next() {
@@ -184,6 +197,9 @@ impl Converter<'_> {
     }
 
     fn expand(&self, index: usize, word: &str) -> Result<String, Failure> {
+        if is_plain_word(word, self.lexer.escape) {
+            return Ok(word.to_string());
+        }
         self.lexer
             .process_word(word, &PairsEnv(&self.states[index].env))
             .map(|word| word.result)

@@ -314,6 +314,11 @@ pub(crate) fn env_get<'e>(env: &'e [(String, String)], key: &str) -> Option<&'e 
         .map(|(_, value)| value.as_str())
 }
 
+/// Whether the lexer gives `word` back unchanged: nothing to expand, unquote or unescape.
+pub(crate) fn is_plain_word(word: &str, escape: char) -> bool {
+    !word.contains(|character| matches!(character, '$' | '<' | '\'' | '"') || character == escape)
+}
+
 /// `Env` over a slice of pairs.
 pub(crate) struct PairsEnv<'e>(pub &'e [(String, String)]);
 
@@ -650,14 +655,22 @@ impl<'a> Converter<'a> {
 
     fn build_dependencies(&mut self) -> Result<(), Error> {
         for index in 0..self.states.len() {
-            let commands = self.states[index].commands.clone();
+            let commands = std::mem::take(&mut self.states[index].commands);
+            let mut sources = Vec::new();
             for command in &commands {
-                let sources = self.command_sources(command)?;
-                let dependencies = &mut self.states[index].dependencies;
-                for source in sources {
-                    if !dependencies.contains(&source) {
-                        dependencies.push(source);
+                match self.command_sources(command) {
+                    Ok(found) => sources.extend(found),
+                    Err(error) => {
+                        self.states[index].commands = commands;
+                        return Err(error);
                     }
+                }
+            }
+            let state = &mut self.states[index];
+            state.commands = commands;
+            for source in sources {
+                if !state.dependencies.contains(&source) {
+                    state.dependencies.push(source);
                 }
             }
         }

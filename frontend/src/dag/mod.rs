@@ -232,16 +232,35 @@ fn check_input_indexes(digest: &Digest, op: &Op) -> Result<(), DagError> {
 /// prefixed by the encoding version. The encoding is deterministic: fields in declaration
 /// order, no maps, so the same op gives the same bytes on every run and machine.
 pub fn op_digest(op: &Op) -> Result<Digest, DagError> {
-    let mut bytes = Vec::with_capacity(1024);
-    bytes.extend_from_slice(DIGEST_VERSION.as_bytes());
-    bytes.push(b'\n');
+    use sha2::Digest as _;
+    let mut hasher = HashWriter(sha2::Sha256::new());
+    hasher.0.update(DIGEST_VERSION.as_bytes());
+    hasher.0.update(b"\n");
     DIGEST_MODE.with(|mode| mode.set(true));
-    let result = serde_json::to_writer(&mut bytes, op);
+    // Buffered, so the hasher sees whole blocks rather than serde_json's many small writes.
+    let mut writer = std::io::BufWriter::with_capacity(4096, &mut hasher);
+    let result = serde_json::to_writer(&mut writer, op)
+        .and_then(|()| std::io::Write::flush(&mut writer).map_err(serde_json::Error::io));
+    drop(writer);
     DIGEST_MODE.with(|mode| mode.set(false));
     result.map_err(|error| DagError::Encode {
         message: error.to_string(),
     })?;
-    Ok(Digest::of_bytes(&bytes))
+    Ok(Digest::from_sha256(hasher.0.finalize().into()))
+}
+
+/// Feeds written bytes to a sha256 hasher.
+struct HashWriter(sha2::Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        sha2::Digest::update(&mut self.0, bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 thread_local! {
