@@ -282,6 +282,23 @@ fn select_path(
         Err(error) => return Err(FileOpError::io("reading", source_path, error)),
     };
     let context_rel = context_relative(&resolved);
+    // A path reached through a symlink is taken whole even if the source's include patterns
+    // name only the link: BuildKit sends the targets of followed links along with the include
+    // paths (fsutil's FollowPaths). Excludes still apply to the real paths.
+    let without_include;
+    let filters = if filters.context_include.is_some()
+        && context_rel != context_relative(Path::new(source_path.trim_start_matches('/')))
+    {
+        without_include = Filters {
+            context_include: None,
+            context_exclude: filters.context_exclude,
+            copy_include: filters.copy_include,
+            copy_exclude: filters.copy_exclude,
+        };
+        &without_include
+    } else {
+        filters
+    };
     let mut selection = Selection {
         source_path: source_path.to_string(),
         resolved,
