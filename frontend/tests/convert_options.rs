@@ -242,3 +242,38 @@ fn source_date_epoch_must_be_a_number() {
         "{error}"
     );
 }
+
+#[test]
+fn progress_names_count_the_stage_steps() {
+    let mut text = String::from("FROM alpine AS a\nRUN true\nFROM alpine:3.20 AS b\n");
+    for step in 0..10 {
+        text.push_str(&format!("RUN echo {step}\n"));
+    }
+    let result = check(&text, |options| options.target = Some("b".into()));
+    let names: Vec<&str> = result
+        .definition
+        .vertices()
+        .iter()
+        .map(|vertex| vertex.metadata.name.as_str())
+        .collect();
+    assert_eq!(
+        names.first(),
+        Some(&"[b  1/11] FROM docker.io/library/alpine:3.20")
+    );
+    assert_eq!(names.get(1), Some(&"[b  2/11] RUN echo 0"));
+    assert_eq!(names.last(), Some(&"[b 11/11] RUN echo 9"));
+    let single = check("FROM alpine\nENV X=1\nRUN echo $X\n", |_| {});
+    let names: Vec<&str> = single
+        .definition
+        .vertices()
+        .iter()
+        .map(|vertex| vertex.metadata.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "[1/2] FROM docker.io/library/alpine:latest",
+            "[2/2] RUN echo 1"
+        ]
+    );
+}

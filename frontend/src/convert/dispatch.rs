@@ -1,6 +1,9 @@
 //! Per-instruction dispatch: each instruction's effect on the stage's filesystem (new ops), its
 //! run-time state (env, cwd, user) and its image config and history, as BuildKit's `dispatch*`.
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+
 use kiln_types::{HealthConfig, History, ImageSpec};
 
 use super::{
@@ -158,16 +161,19 @@ impl Converter<'_> {
             return text.to_string();
         }
         state.command_index += 1;
-        let width = state.command_total.to_string().len();
-        let prefix = if single_stage {
-            String::new()
-        } else {
-            format!("{} ", state.display_name)
-        };
-        format!(
-            "[{prefix}{:>width$}/{}] {text}",
-            state.command_index, state.command_total
-        )
+        let total = state.command_total.to_string();
+        let position = state.command_index.to_string();
+        let mut name = String::with_capacity(text.len() + state.display_name.len() + 16);
+        name.push('[');
+        if !single_stage {
+            name.extend([state.display_name.as_str(), " "]);
+        }
+        // The position is right-aligned to the width of the total.
+        for _ in position.len()..total.len() {
+            name.push(' ');
+        }
+        name.extend([position.as_str(), "/", total.as_str(), "] ", text]);
+        name
     }
 
     /// The instruction text for progress: first word upper case, variables expanded where set.
@@ -280,7 +286,7 @@ impl Converter<'_> {
                 for pair in &env.pairs {
                     let key = self.expand(index, &pair.key)?;
                     let value = self.expand(index, &pair.value)?;
-                    message.push_str(&format!(" {key}={value}"));
+                    message.extend([" ", key.as_str(), "=", value.as_str()]);
                     let state = &mut self.states[index];
                     env_set(&mut state.env, &key, &value);
                     add_env(&mut state.image, &key, &value);
@@ -293,7 +299,7 @@ impl Converter<'_> {
                 for pair in &label.labels {
                     let key = self.expand(index, &pair.key)?;
                     let value = self.expand(index, &pair.value)?;
-                    message.push_str(&format!(" {key}={value}"));
+                    message.extend([" ", key.as_str(), "=", value.as_str()]);
                     self.states[index]
                         .image
                         .config
@@ -897,7 +903,7 @@ impl Converter<'_> {
         let env: Vec<String> = state
             .env
             .iter()
-            .map(|(key, value)| format!("{key}={value}"))
+            .map(|(key, value)| [key.as_str(), "=", value].concat())
             .collect();
         let proxy_env: Vec<String> = self
             .proxy_env
@@ -1298,7 +1304,7 @@ impl<'c> CopyRequest<'c> {
 /// Docker's image config `Env` update: replace in place, else append.
 fn add_env(image: &mut ImageSpec, key: &str, value: &str) {
     let env = image.config.env.get_or_insert_with(Vec::new);
-    let entry = format!("{key}={value}");
+    let entry = [key, "=", value].concat();
     match env
         .iter_mut()
         .find(|existing| existing.split('=').next() == Some(key))
@@ -1321,7 +1327,7 @@ fn normalize_path(base: &str, path: &str) -> String {
     if path.starts_with('/') {
         clean_path(path)
     } else {
-        clean_path(&format!("{base}/{path}"))
+        clean_path(&[base, "/", path].concat())
     }
 }
 
@@ -1348,7 +1354,7 @@ fn path_relative_to_workdir(cwd: &str, dest: &str) -> String {
 
 /// A context path as an include pattern (relative, `.` for the root).
 fn context_relative(path: &str) -> String {
-    let cleaned = clean_path(&format!("/{path}"));
+    let cleaned = clean_path(&["/", path].concat());
     match cleaned.trim_start_matches('/') {
         "" => ".".to_string(),
         rest => rest.to_string(),
@@ -1489,27 +1495,34 @@ fn run_command_string(
     build_args: &[(String, Option<String>)],
     env: &[(String, String)],
 ) -> String {
-    let mut entries: Vec<(String, String)> = Vec::new();
+    // Each name once, where it was first declared, with its last value.
+    let mut entries: Vec<(&str, &str)> = Vec::with_capacity(build_args.len());
+    let mut positions: HashMap<&str, usize> = HashMap::with_capacity(build_args.len());
     for (key, value) in build_args {
-        let value = env_get(env, key)
-            .map(str::to_string)
-            .unwrap_or_else(|| value.clone().unwrap_or_default());
-        match entries.iter_mut().find(|(existing, _)| existing == key) {
-            Some(entry) => entry.1 = value,
-            None => entries.push((key.clone(), value)),
+        let value = env_get(env, key).or(value.as_deref()).unwrap_or_default();
+        match positions.entry(key.as_str()) {
+            Entry::Occupied(position) => entries[*position.get()].1 = value,
+            Entry::Vacant(slot) => {
+                slot.insert(entries.len());
+                entries.push((key, value));
+            }
         }
     }
-    let mut parts = Vec::new();
+    let mut text = String::new();
+    let mut separator = "";
     if !entries.is_empty() {
-        parts.push(format!("|{}", entries.len()));
-        parts.extend(
-            entries
-                .into_iter()
-                .map(|(key, value)| format!("{key}={value}")),
-        );
+        text.push('|');
+        text.push_str(&entries.len().to_string());
+        separator = " ";
+        for (key, value) in entries {
+            text.extend([separator, key, "=", value]);
+        }
     }
-    parts.extend(args.iter().cloned());
-    parts.join(" ")
+    for arg in args {
+        text.extend([separator, arg.as_str()]);
+        separator = " ";
+    }
+    text
 }
 
 /// Signal names and numbers Docker accepts for STOPSIGNAL.
