@@ -910,46 +910,43 @@ impl<'a> Converter<'a> {
     }
 
     fn finish(self, target: usize, reachable: &HashSet<usize>) -> Result<ConvertResult, Error> {
-        let mut stages = Vec::new();
-        let mut target_stage = 0;
-        let mut roots = Vec::new();
-        for state in &self.states {
-            if state.unregistered || !reachable.contains(&state.index) {
-                continue;
-            }
-            let Some(output) = state.filesystem.clone() else {
-                continue;
-            };
-            if state.index == target {
-                target_stage = stages.len();
-            }
-            roots.push(output.clone());
-            let mut image = state.image.clone();
-            image.config.on_build = image
-                .config
-                .on_build
-                .filter(|triggers| !triggers.is_empty());
-            stages.push(StageResult {
-                index: state.index,
-                name: state.name.clone(),
-                base: match state.base_stage {
-                    Some(base) => StageBase::Stage(base),
-                    None => state.base.clone(),
-                },
-                platform: state
-                    .platform
-                    .clone()
-                    .unwrap_or_else(|| self.target_platform.clone()),
-                image,
-                output,
-            });
-        }
         let target_output = self.states[target].filesystem.clone().ok_or_else(|| {
             Error::general(
                 self.source.name(),
                 "the target stage produced no filesystem",
             )
         })?;
+        let mut stages = Vec::new();
+        let mut target_stage = 0;
+        for state in self.states {
+            if state.unregistered || !reachable.contains(&state.index) {
+                continue;
+            }
+            let Some(output) = state.filesystem else {
+                continue;
+            };
+            if state.index == target {
+                target_stage = stages.len();
+            }
+            let mut image = state.image;
+            image.config.on_build = image
+                .config
+                .on_build
+                .filter(|triggers| !triggers.is_empty());
+            stages.push(StageResult {
+                index: state.index,
+                name: state.name,
+                base: match state.base_stage {
+                    Some(base) => StageBase::Stage(base),
+                    None => state.base,
+                },
+                platform: state
+                    .platform
+                    .unwrap_or_else(|| self.target_platform.clone()),
+                image,
+                output,
+            });
+        }
         let definition = self.builder.finish(std::slice::from_ref(&target_output));
         Ok(ConvertResult {
             definition,

@@ -370,6 +370,11 @@ pub(crate) fn split_csv(text: &str) -> Result<Vec<String>, String> {
     if text.is_empty() {
         return Ok(fields);
     }
+    if !text.contains('"') {
+        // Nothing quoted: the fields are the text between the commas.
+        fields.extend(text.split(',').map(str::to_string));
+        return Ok(fields);
+    }
     let characters: Vec<char> = text.chars().collect();
     let mut index = 0;
     loop {
