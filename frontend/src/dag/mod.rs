@@ -246,7 +246,20 @@ pub fn op_digest(op: &Op) -> Result<Digest, DagError> {
     result.map_err(|error| DagError::Encode {
         message: error.to_string(),
     })?;
-    Ok(Digest::from_sha256(hasher.0.finalize().into()))
+    Ok(digest_of_hash(hasher.0.finalize().into()))
+}
+
+/// `sha256:<hex>` of a raw hash, written directly (cheaper than going through `format!`).
+fn digest_of_hash(hash: [u8; 32]) -> Digest {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(7 + 2 * hash.len());
+    text.push_str("sha256:");
+    for byte in hash {
+        text.push(char::from(HEX[usize::from(byte >> 4)]));
+        text.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    // 64 hex digits always parse; the fallback is the same value, only slower.
+    Digest::parse(&text).unwrap_or_else(|_| Digest::from_sha256(hash))
 }
 
 /// Feeds written bytes to a sha256 hasher.
@@ -414,6 +427,18 @@ mod tests {
         assert_eq!(definition.len(), 2);
         let again = Definition::from_vertices(definition.vertices().to_vec()).unwrap();
         assert_eq!(again, definition);
+    }
+
+    #[test]
+    fn digest_text_is_the_hash_in_hex() {
+        for seed in [&b""[..], b"kiln", &[0xff; 100]] {
+            let hash: [u8; 32] = sha2::Digest::finalize(sha2::Digest::chain_update(
+                <sha2::Sha256 as sha2::Digest>::new(),
+                seed,
+            ))
+            .into();
+            assert_eq!(digest_of_hash(hash), Digest::from_sha256(hash));
+        }
     }
 
     #[test]
