@@ -26,19 +26,21 @@ pub use values::{parse_chmod, parse_exposed_port, parse_go_duration, Chmod, Chmo
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceFile {
     name: String,
-    lines: Vec<String>,
+    text: String,
+    /// Where each line starts in `text`.
+    line_starts: Vec<usize>,
 }
 
 impl SourceFile {
     /// `name` is the file as the user gave it (`Dockerfile`, `-`), `text` its whole content.
     pub fn new(name: &str, text: &str) -> SourceFile {
-        let lines = text
-            .split('\n')
-            .map(|line| line.strip_suffix('\r').unwrap_or(line).to_string())
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(index, _)| index + 1))
             .collect();
         SourceFile {
             name: name.to_string(),
-            lines,
+            text: text.to_string(),
+            line_starts,
         }
     }
 
@@ -47,11 +49,17 @@ impl SourceFile {
         &self.name
     }
 
-    /// The text of a 1-based line, empty when out of range.
+    /// The text of a 1-based line (without its line ending), empty when out of range.
     pub fn line_text(&self, line: usize) -> &str {
-        line.checked_sub(1)
-            .and_then(|index| self.lines.get(index))
-            .map_or("", String::as_str)
+        let Some(&start) = line
+            .checked_sub(1)
+            .and_then(|index| self.line_starts.get(index))
+        else {
+            return "";
+        };
+        let rest = &self.text[start..];
+        let line_text = rest.split('\n').next().unwrap_or_default();
+        line_text.strip_suffix('\r').unwrap_or(line_text)
     }
 
     /// A location at a line and column.
