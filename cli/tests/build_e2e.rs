@@ -58,6 +58,8 @@ struct Expect {
     build_fails: Option<String>,
     build_stderr: Vec<String>,
     checks: Vec<Check>,
+    /// Also check the image after `kiln save` and `kiln load` into a fresh store.
+    reload: bool,
 }
 
 fn parse_expect(text: &str) -> Result<Expect, String> {
@@ -100,6 +102,7 @@ fn parse_expect(text: &str) -> Result<Expect, String> {
             }
             "build-fails" => expect.build_fails = Some(value),
             "build-stderr" => expect.build_stderr.push(value),
+            "reload" => expect.reload = value.trim() == "true",
             "run" => expect.checks.push(Check::Run(RunCheck {
                 script: Some(value),
                 ..RunCheck::default()
@@ -320,6 +323,9 @@ fn run_case(registry: &Registry, name: &str, dir: &Path) -> Result<(), String> {
         problems.push(format!("mounts left after the build: {:?}", root.mounts()));
     }
     if expect.build_fails.is_none() {
+        if let Err(problem) = check_history(&root, &tag) {
+            problems.push(problem);
+        }
         for check in &expect.checks {
             if let Err(problem) = run_check(&root, &tag, check) {
                 problems.push(problem);
@@ -328,6 +334,91 @@ fn run_case(registry: &Registry, name: &str, dir: &Path) -> Result<(), String> {
         if !root.mounts().is_empty() {
             problems.push(format!("mounts left after kiln run: {:?}", root.mounts()));
         }
+        // The same build again runs nothing and names the same image.
+        let image_id = root.image_digest(&tag);
+        args[1] = "json".into();
+        let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut command = root.command("build", &arg_refs);
+        for (name, value) in &expect.build_env {
+            command.env(name, value);
+        }
+        let output = command
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|error| format!("running kiln build: {error}"))?;
+        let rebuild = support::Build::from_output(output);
+        if !rebuild.success {
+            problems.push(format!("the rebuild failed:\n{}", rebuild.human_stderr()));
+        } else {
+            let ran = rebuild.ran_instructions();
+            if !ran.is_empty() {
+                problems.push(format!("the rebuild ran {ran:?} again"));
+            }
+            let rebuilt_id = root.image_digest(&tag);
+            if rebuilt_id != image_id {
+                problems.push(format!(
+                    "the rebuild made another image: {rebuilt_id}, first {image_id}"
+                ));
+            }
+        }
+        if expect.reload {
+            if let Err(problem) = reload_and_check(&root, &tag, &expect.checks) {
+                problems.push(problem);
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
+/// Docker's invariant: one non-empty history entry per layer.
+fn check_history(root: &Root, tag: &str) -> Result<(), String> {
+    let config = root.image_config(tag);
+    let layers = config["rootfs"]["diff_ids"].as_array().map_or(0, Vec::len);
+    let history = config["history"].as_array().cloned().unwrap_or_default();
+    let non_empty = history
+        .iter()
+        .filter(|entry| entry["empty_layer"] != serde_json::Value::Bool(true))
+        .count();
+    if non_empty == layers {
+        Ok(())
+    } else {
+        Err(format!(
+            "{layers} layers but {non_empty} non-empty history entries: {}",
+            serde_json::to_string_pretty(&history).unwrap_or_default()
+        ))
+    }
+}
+
+/// `kiln save` the image, `kiln load` it into a fresh store, and run the checks there: the
+/// exported layers (not the build's snapshots) must hold the same files.
+fn reload_and_check(root: &Root, tag: &str, checks: &[Check]) -> Result<(), String> {
+    let archive_dir = tempfile::tempdir().map_err(|error| format!("temp dir: {error}"))?;
+    let archive = archive_dir.path().join("image.tar");
+    let archive_text = archive.to_string_lossy().into_owned();
+    let saved = root.kiln("save", &["-o", &archive_text, tag]);
+    if !saved.status.success() {
+        return Err(format!("kiln save failed:\n{}", describe(&saved)));
+    }
+    let fresh = Root::new();
+    let loaded = fresh.kiln("load", &["-i", &archive_text]);
+    if !loaded.status.success() {
+        return Err(format!("kiln load failed:\n{}", describe(&loaded)));
+    }
+    let mut problems = Vec::new();
+    for check in checks {
+        if let Err(problem) = run_check(&fresh, tag, check) {
+            problems.push(format!("after save and load: {problem}"));
+        }
+    }
+    if !fresh.mounts().is_empty() {
+        problems.push(format!(
+            "mounts left in the loading store: {:?}",
+            fresh.mounts()
+        ));
     }
     if problems.is_empty() {
         Ok(())
@@ -420,6 +511,7 @@ fn run_check(root: &Root, tag: &str, check: &Check) -> Result<(), String> {
                 "regular file" | "regular empty file" => "file",
                 "directory" => "dir",
                 "symbolic link" => "symlink",
+                "fifo" => "fifo",
                 other => other,
             };
             let mut problems = Vec::new();
