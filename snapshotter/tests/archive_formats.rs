@@ -460,3 +460,50 @@ fn opaque_marker_in_apply_mode_keeps_only_this_layers_entries() {
         b"new version"
     );
 }
+
+/// A sink that fails after a few bytes, like a full disk.
+struct FailingSink {
+    left: usize,
+}
+
+impl Write for FailingSink {
+    fn write(&mut self, buffer: &[u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Err(std::io::Error::other("disk full"));
+        }
+        let written = buffer.len().min(self.left);
+        self.left -= written;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_failing_sink_stops_the_layer_writer_with_its_error() {
+    let temp = tempfile::tempdir().unwrap();
+    build_tree(temp.path());
+    for options in [
+        CompressionOptions::gzip(),
+        CompressionOptions::zstd(),
+        CompressionOptions::uncompressed(),
+    ] {
+        let result = write_compressed_layer(
+            LayerSource::Tree(temp.path()),
+            FailingSink { left: 10 },
+            options,
+            &DiffOptions::default(),
+        );
+        match result {
+            Err(kiln_snapshotter::archive::ArchiveError::Write(error)) => {
+                assert_eq!(error.to_string(), "disk full", "{options:?}")
+            }
+            other => panic!(
+                "{options:?}: expected a write error, got {:?}",
+                other.map(|r| r.0)
+            ),
+        }
+    }
+}

@@ -3,13 +3,14 @@
 
 use std::io::{self, BufReader, Read, Write};
 use std::path::Path;
+use std::sync::mpsc;
 
 use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 use kiln_types::{Digest, Sha256Writer};
 use sha2::{Digest as _, Sha256};
 
-use super::diff::{write_layer, DiffOptions, DiffStats, WalkMode};
+use super::diff::{write_entries, DiffOptions, DiffStats, WalkMode};
 use super::{ArchiveError, Compression};
 
 /// Buffer size between the compressed source and the decompressor.
@@ -206,7 +207,8 @@ pub struct CompressedLayer {
 }
 
 enum Encoder<W: Write> {
-    Uncompressed(Sha256Writer<W>),
+    /// No compression: the blob is the tar, its digest the diffID (hashed once).
+    Uncompressed(W),
     Gzip(GzEncoder<Sha256Writer<W>>),
     Zstd(zstd::stream::write::Encoder<'static, Sha256Writer<W>>),
 }
@@ -238,16 +240,21 @@ pub struct LayerWriter<W: Write> {
 
 impl<W: Write> LayerWriter<W> {
     pub fn new(sink: W, options: CompressionOptions) -> io::Result<Self> {
-        let blob = Sha256Writer::new(sink);
         let encoder = match options.compression {
-            Compression::Uncompressed => Encoder::Uncompressed(blob),
+            Compression::Uncompressed => Encoder::Uncompressed(sink),
             Compression::Gzip => {
                 let level = options.level.unwrap_or(6).clamp(0, 9) as u32;
-                Encoder::Gzip(GzEncoder::new(blob, flate2::Compression::new(level)))
+                Encoder::Gzip(GzEncoder::new(
+                    Sha256Writer::new(sink),
+                    flate2::Compression::new(level),
+                ))
             }
             Compression::Zstd => {
                 let level = options.level.unwrap_or(3);
-                Encoder::Zstd(zstd::stream::write::Encoder::new(blob, level)?)
+                Encoder::Zstd(zstd::stream::write::Encoder::new(
+                    Sha256Writer::new(sink),
+                    level,
+                )?)
             }
         };
         Ok(LayerWriter {
@@ -259,12 +266,11 @@ impl<W: Write> LayerWriter<W> {
     /// Ends the compressed stream and returns the digests, sizes and the sink.
     pub fn finish(self) -> io::Result<(CompressedLayer, W)> {
         let (diff_id, uncompressed_size, encoder) = self.inner.finish();
-        let blob = match encoder {
-            Encoder::Uncompressed(blob) => blob,
-            Encoder::Gzip(encoder) => encoder.finish()?,
-            Encoder::Zstd(encoder) => encoder.finish()?,
+        let (digest, size, mut sink) = match encoder {
+            Encoder::Uncompressed(sink) => (diff_id.clone(), uncompressed_size, sink),
+            Encoder::Gzip(encoder) => encoder.finish()?.finish(),
+            Encoder::Zstd(encoder) => encoder.finish()?.finish(),
         };
-        let (digest, size, mut sink) = blob.finish();
         sink.flush()?;
         Ok((
             CompressedLayer {
@@ -301,17 +307,70 @@ pub enum LayerSource<'a> {
 /// Writes a layer from `source` into `sink` in one pass: tar -> sha256 (diffID) -> compressor
 /// -> sha256 (blob digest) -> sink. Returns the digests and sizes, the walk's statistics and
 /// the sink.
-pub fn write_compressed_layer<W: Write>(
+///
+/// Two threads: this one walks the tree and reads files (system time), a second one hashes
+/// and compresses (user time), with a few MiB in flight between them.
+pub fn write_compressed_layer<W: Write + Send>(
     source: LayerSource<'_>,
     sink: W,
     compression: CompressionOptions,
     options: &DiffOptions,
 ) -> Result<(CompressedLayer, DiffStats, W), ArchiveError> {
-    let mut layer = LayerWriter::new(sink, compression).map_err(ArchiveError::Write)?;
-    let stats = match source {
-        LayerSource::Upper(path) => write_layer(path, &mut layer, options, WalkMode::Upper)?,
-        LayerSource::Tree(path) => write_layer(path, &mut layer, options, WalkMode::Tree)?,
+    let (path, mode) = match source {
+        LayerSource::Upper(path) => (path, WalkMode::Upper),
+        LayerSource::Tree(path) => (path, WalkMode::Tree),
     };
-    let (compressed, sink) = layer.finish().map_err(ArchiveError::Write)?;
-    Ok((compressed, stats, sink))
+    let layer = LayerWriter::new(sink, compression).map_err(ArchiveError::Write)?;
+    std::thread::scope(|scope| {
+        let (chunks, received) = mpsc::sync_channel::<Vec<u8>>(PIPELINE_DEPTH);
+        let compressor = scope.spawn(move || -> io::Result<(CompressedLayer, W)> {
+            let mut layer = layer;
+            for chunk in received {
+                layer.write_all(&chunk)?;
+            }
+            layer.finish()
+        });
+        // The writer is dropped here, on success or error: that ends the compressor's input.
+        let walked = write_entries(path, ChunkWriter { chunks }, options, mode)
+            .map(|(counts, _writer)| counts);
+        let compressed = match compressor.join() {
+            Ok(result) => result,
+            Err(_) => {
+                return Err(ArchiveError::Write(io::Error::other(
+                    "the layer compressing thread panicked",
+                )))
+            }
+        };
+        let (counts, compressed, sink) = match (walked, compressed) {
+            (Ok(counts), Ok((compressed, sink))) => (counts, compressed, sink),
+            // The walker's write failed because the compressor stopped: report why it did.
+            (Err(ArchiveError::Write(_)), Err(error)) => return Err(ArchiveError::Write(error)),
+            (Err(error), _) => return Err(error),
+            (Ok(_), Err(error)) => return Err(ArchiveError::Write(error)),
+        };
+        let stats = counts.into_stats(compressed.diff_id.clone(), compressed.uncompressed_size);
+        Ok((compressed, stats, sink))
+    })
+}
+
+/// Chunks in flight between the walking and the compressing thread.
+const PIPELINE_DEPTH: usize = 4;
+
+/// Sends each write to the compressing thread (the walker writes through a 1 MiB buffer, so
+/// chunks are large). A failed send means the compressor stopped: its error is reported.
+struct ChunkWriter {
+    chunks: mpsc::SyncSender<Vec<u8>>,
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, buffer: &[u8]) -> io::Result<usize> {
+        self.chunks
+            .send(buffer.to_vec())
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the compressor stopped"))?;
+        Ok(buffer.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }

@@ -90,13 +90,26 @@ pub(crate) fn write_layer<W: Write>(
     options: &DiffOptions,
     mode: WalkMode,
 ) -> Result<DiffStats, ArchiveError> {
+    let (counts, hashing) = write_entries(dir, Sha256Writer::new(writer), options, mode)?;
+    let (diff_id, size, _writer) = hashing.finish();
+    Ok(counts.into_stats(diff_id, size))
+}
+
+/// Writes the tar of `dir` to `writer` (through a large buffer) and returns the counts and
+/// the writer.
+pub(crate) fn write_entries<W: Write>(
+    dir: &Path,
+    writer: W,
+    options: &DiffOptions,
+    mode: WalkMode,
+) -> Result<(Counts, W), ArchiveError> {
     let root = rustix::fs::open(
         dir,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
     .map_err(|errno| filesystem("opening", dir.as_os_str().as_encoded_bytes(), errno))?;
-    let out = BufWriter::with_capacity(OUTPUT_BUFFER, Sha256Writer::new(writer));
+    let out = BufWriter::with_capacity(OUTPUT_BUFFER, writer);
     let mut walker = Walker {
         tar: TarWriter::new(out),
         mode,
@@ -110,19 +123,10 @@ pub(crate) fn write_layer<W: Write>(
     walker.walk(root.as_fd(), b"")?;
     let Walker { tar, stats, .. } = walker;
     let out = tar.finish().map_err(ArchiveError::Write)?;
-    let hashing = out
+    let writer = out
         .into_inner()
         .map_err(|error| ArchiveError::Write(error.into_error()))?;
-    let (diff_id, size, _writer) = hashing.finish();
-    Ok(DiffStats {
-        diff_id,
-        size,
-        entries: stats.entries,
-        whiteouts: stats.whiteouts,
-        opaque_dirs: stats.opaque_dirs,
-        hardlinks: stats.hardlinks,
-        skipped_sockets: stats.skipped_sockets,
-    })
+    Ok((stats, writer))
 }
 
 fn filesystem(operation: &'static str, path: &[u8], error: impl Into<io::Error>) -> ArchiveError {
@@ -134,12 +138,26 @@ fn filesystem(operation: &'static str, path: &[u8], error: impl Into<io::Error>)
 }
 
 #[derive(Default)]
-struct Counts {
+pub(crate) struct Counts {
     entries: u64,
     whiteouts: u64,
     opaque_dirs: u64,
     hardlinks: u64,
     skipped_sockets: u64,
+}
+
+impl Counts {
+    pub(crate) fn into_stats(self, diff_id: Digest, size: u64) -> DiffStats {
+        DiffStats {
+            diff_id,
+            size,
+            entries: self.entries,
+            whiteouts: self.whiteouts,
+            opaque_dirs: self.opaque_dirs,
+            hardlinks: self.hardlinks,
+            skipped_sockets: self.skipped_sockets,
+        }
+    }
 }
 
 struct Walker<W: Write> {
