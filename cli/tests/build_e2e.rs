@@ -57,6 +57,7 @@ struct Expect {
     serve: Vec<(String, String)>,
     build_fails: Option<String>,
     build_stderr: Vec<String>,
+    build_stderr_lacks: Vec<String>,
     checks: Vec<Check>,
     /// Also check the image after `kiln save` and `kiln load` into a fresh store.
     reload: bool,
@@ -102,6 +103,7 @@ fn parse_expect(text: &str) -> Result<Expect, String> {
             }
             "build-fails" => expect.build_fails = Some(value),
             "build-stderr" => expect.build_stderr.push(value),
+            "build-stderr-lacks" => expect.build_stderr_lacks.push(value),
             "reload" => expect.reload = value.trim() == "true",
             "run" => expect.checks.push(Check::Run(RunCheck {
                 script: Some(value),
@@ -317,6 +319,11 @@ fn run_case(registry: &Registry, name: &str, dir: &Path) -> Result<(), String> {
                 "build output lacks {text:?}:\n{}",
                 tail(&stderr, 30)
             ));
+        }
+    }
+    for text in &expect.build_stderr_lacks {
+        if stderr.contains(text.as_str()) {
+            problems.push(format!("build output has {text:?}:\n{}", tail(&stderr, 30)));
         }
     }
     if !root.mounts().is_empty() {
