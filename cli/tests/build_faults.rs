@@ -379,3 +379,131 @@ fn secrets_never_reach_a_layer_or_the_config() {
     }
     root.assert_clean();
 }
+
+#[test]
+fn interrupted_build_stops_its_run_and_cleans_up_by_itself() {
+    let registry = Registry::with_busybox();
+    let root = Root::new();
+    let context = context(&[(
+        "Dockerfile",
+        "ARG REGISTRY\nFROM ${REGISTRY}/busybox:latest\nRUN echo start && sleep 30\n",
+    )]);
+    let registry_arg = format!("REGISTRY={}", registry.address());
+    let mut child = root
+        .command(
+            "build",
+            &[
+                "--progress",
+                "json",
+                "--build-arg",
+                &registry_arg,
+                &context.path().to_string_lossy(),
+            ],
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning kiln build");
+    let stderr = child.stderr.take().expect("stderr");
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("\"kind\":\"log\"") && line.contains("start") {
+                let _ = sender.send(());
+            }
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        seen
+    });
+    if receiver.recv_timeout(Duration::from_secs(120)).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "the RUN never started:\n{}",
+            reader.join().unwrap_or_default()
+        );
+    }
+    let ids = sandbox_ids(&root);
+    let pids: Vec<i32> = ids.iter().flat_map(|id| cgroup_pids(id)).collect();
+    let interrupted_at = Instant::now();
+    // SAFETY: SIGINT to the child we spawned, by its pid
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().expect("waiting for kiln");
+    let took = interrupted_at.elapsed();
+    let output = reader.join().unwrap_or_default();
+    assert!(!status.success(), "an interrupted build must fail");
+    assert!(
+        took < Duration::from_secs(10),
+        "kiln took {took:?} to stop after SIGINT:\n{output}"
+    );
+    assert!(output.contains("canceled"), "no cancel message:\n{output}");
+    root.assert_clean();
+    for id in &ids {
+        let left = sandbox_cgroups(id);
+        assert!(left.is_empty(), "cgroups of sandbox {id} left: {left:?}");
+    }
+    let alive: Vec<&i32> = pids.iter().filter(|pid| process_alive(**pid)).collect();
+    assert!(alive.is_empty(), "sandbox processes still alive: {alive:?}");
+}
+
+#[test]
+fn the_same_build_three_times_at_once() {
+    let registry = Registry::with_busybox();
+    let root = Root::new();
+    let context = context(&[
+        (
+            "Dockerfile",
+            "ARG REGISTRY\nFROM ${REGISTRY}/busybox:latest\nCOPY data.txt /data\nRUN sleep 1 && cat /data > /copy\nRUN --mount=type=cache,target=/cache,sharing=private echo x >> /cache/log\n",
+        ),
+        ("data.txt", "same\n"),
+    ]);
+    let registry_arg = format!("REGISTRY={}", registry.address());
+    let mut children: Vec<_> = (0..3)
+        .map(|_| {
+            root.command(
+                "build",
+                &[
+                    "--progress",
+                    "plain",
+                    "--build-arg",
+                    &registry_arg,
+                    "-t",
+                    "same:latest",
+                    &context.path().to_string_lossy(),
+                ],
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning kiln build")
+        })
+        .collect();
+    for child in &mut children {
+        let mut stderr = String::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            let _ = pipe.read_to_string(&mut stderr);
+        }
+        let status = child.wait().expect("waiting for kiln build");
+        assert!(
+            status.success(),
+            "a concurrent identical build failed:\n{stderr}"
+        );
+    }
+    let output = root.run_shell("same:latest", "cat /copy");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "same\n",
+        "{}",
+        describe(&output)
+    );
+    // A fourth build finds everything cached.
+    let again = root.build(registry.address(), context.path(), &["-t", "same:latest"]);
+    again.assert_success();
+    assert!(again.ran_instructions().is_empty(), "{:?}", again.ran());
+    root.assert_clean();
+}
