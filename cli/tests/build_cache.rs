@@ -396,3 +396,43 @@ fn onbuild_triggers_of_a_base_image_are_not_inherited_by_the_child() {
         config["config"]
     );
 }
+
+#[test]
+fn editing_the_dockerfile_reruns_from_the_changed_instruction() {
+    let registry = Registry::with_busybox();
+    let root = Root::new();
+    let original = "ARG REGISTRY\nFROM ${REGISTRY}/busybox:latest\nRUN echo one > /one\nRUN echo two > /two\nRUN echo three > /three\n";
+    let context = context(&[("Dockerfile", original)]);
+    build(&root, &registry, context.path(), &[]);
+
+    // Comments and blank lines change nothing.
+    let commented = original.replace("RUN echo two", "# a comment\n\nRUN echo two");
+    write(context.path(), "Dockerfile", &commented);
+    let after_comment = build(&root, &registry, context.path(), &[]);
+    assert!(
+        after_comment.ran_instructions().is_empty(),
+        "{:?}",
+        after_comment.ran()
+    );
+
+    let edited = commented.replace("echo two", "echo TWO");
+    write(context.path(), "Dockerfile", &edited);
+    let after_edit = build(&root, &registry, context.path(), &[]);
+    assert!(
+        !after_edit.ran_step("RUN echo one"),
+        "{:?}",
+        after_edit.ran()
+    );
+    assert!(
+        after_edit.ran_step("RUN echo TWO"),
+        "{:?}",
+        after_edit.ran()
+    );
+    assert!(
+        after_edit.ran_step("RUN echo three"),
+        "{:?}",
+        after_edit.ran()
+    );
+    assert_eq!(cat(&root, "/two"), "TWO\n");
+    root.assert_clean();
+}
