@@ -300,7 +300,6 @@ fn explain_cache_names_the_changed_file_input() {
 }
 
 #[test]
-#[ignore = "bug: --explain-cache matches steps by progress name, which holds the expanded build arg, so a changed arg reads as 'not built before'"]
 fn explain_cache_names_the_changed_build_arg() {
     let registry = Registry::with_busybox();
     let root = Root::new();
