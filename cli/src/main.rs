@@ -1,5 +1,6 @@
 //! The `kiln` binary: parses the command line and dispatches to one subcommand module each.
 
+mod build_cache;
 mod commands;
 mod explain;
 mod progress;

@@ -68,6 +68,16 @@ pub enum ExportError {
     /// A stored image cannot be written into an archive.
     #[error("image {name} cannot be exported: {reason}")]
     UnexportableImage { name: String, reason: String },
+    /// A build cache document is malformed or names what it cannot.
+    #[error("invalid build cache: {reason}")]
+    InvalidCache { reason: String },
+    /// A registry refused or failed a request.
+    #[error("{action}")]
+    Registry {
+        action: String,
+        #[source]
+        source: kiln_registry::RegistryError,
+    },
 }
 
 impl ExportError {

@@ -23,6 +23,7 @@
 //! streaming, with every digest and diffID checked and no path used outside the archive.
 
 pub mod archive;
+pub mod cache;
 mod compress;
 mod error;
 mod gzip;

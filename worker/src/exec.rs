@@ -328,6 +328,12 @@ pub(crate) fn resolve_inside(root: &Path, path: &str) -> Result<PathBuf, WorkerE
     Ok(root.join(resolved))
 }
 
+/// The store's id of the cache mount a Dockerfile names `id` (hashed: any text is a valid
+/// cache id, not every text is a valid directory name).
+pub fn cache_mount_store_id(id: &str) -> String {
+    format!("c{}", &Digest::of_bytes(id.as_bytes()).hex()[..31])
+}
+
 /// The directory of a cache mount, honouring its sharing mode.
 async fn cache_mount_dir(
     worker: &BuildWorker,
@@ -336,7 +342,7 @@ async fn cache_mount_dir(
     selector: &str,
     holds: &mut Holds,
 ) -> Result<PathBuf, WorkerError> {
-    let store_id = format!("c{}", &Digest::of_bytes(cache.id.as_bytes()).hex()[..31]);
+    let store_id = cache_mount_store_id(&cache.id);
     let path = tokio::task::block_in_place(|| worker.store.cache_mount(&worker.lease, &store_id))
         .map_err(|source| BuildError::Store {
         operation: format!("opening cache mount {:?}", cache.id),
@@ -362,6 +368,9 @@ async fn cache_mount_dir(
         }
     }
     let dir = path.join("data");
+    if !dir.exists() {
+        crate::remote_cache::restore_cache_mount(worker, &store_id, &path).await;
+    }
     if !dir.exists() {
         std::fs::create_dir_all(&dir)?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
@@ -443,7 +452,10 @@ fn prune_directory(upper: &Path, relative: &Path, lowers: &[PathBuf]) -> Result<
             empty = false;
             continue;
         }
-        let Some(lower) = lowers.iter().map(|lower| lower.join(&child)).find(|path| path.symlink_metadata().is_ok())
+        let Some(lower) = lowers
+            .iter()
+            .map(|lower| lower.join(&child))
+            .find(|path| path.symlink_metadata().is_ok())
         else {
             empty = false;
             continue;
@@ -469,12 +481,22 @@ fn prune_directory(upper: &Path, relative: &Path, lowers: &[PathBuf]) -> Result<
 
 fn is_opaque(path: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(name) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return true };
+    let Ok(name) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return true;
+    };
     let mut value = [0u8; 4];
-    for attribute in [&b"trusted.overlay.opaque\0"[..], &b"user.overlay.opaque\0"[..]] {
+    for attribute in [
+        &b"trusted.overlay.opaque\0"[..],
+        &b"user.overlay.opaque\0"[..],
+    ] {
         // SAFETY: lgetxattr into a stack buffer with NUL-terminated names
         let read = unsafe {
-            libc::lgetxattr(name.as_ptr(), attribute.as_ptr().cast(), value.as_mut_ptr().cast(), value.len())
+            libc::lgetxattr(
+                name.as_ptr(),
+                attribute.as_ptr().cast(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
         };
         if read > 0 {
             return true;

@@ -87,6 +87,16 @@ pub struct BuildArgs {
     #[arg(long, value_name = "ENTITLEMENT")]
     pub allow: Vec<String>,
 
+    /// Export the build cache: type=local,dest=DIR | type=registry,ref=REF | type=inline, with
+    /// mode=min|max and cache-mounts=true; repeatable
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    pub cache_to: Vec<String>,
+
+    /// Use a build cache: type=local,src=DIR | type=registry,ref=REF | REF (a cache or an image
+    /// with inline cache); repeatable
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    pub cache_from: Vec<String>,
+
     /// Registry to reach over plain HTTP (loopback always is); repeatable
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     pub insecure_registries: Vec<String>,
