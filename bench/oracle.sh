@@ -57,6 +57,11 @@ for name in "${cases[@]}"; do
     "$IMAGE_DIFF" "$work/kiln.tar" "$work/buildkit.tar" >"$work/diff.txt" 2>&1
     echo "$name: $(tail -1 "$work/diff.txt") (A = kiln, B = BuildKit)" | tee -a "$summary"
     sed '$d' "$work/diff.txt" | sed 's/^/    /' | tee -a "$summary"
+    # the rest of the config (top-level fields, history, layer count); `created` times
+    # compared for presence only
+    "$BENCH_DIR/config-diff.py" "$work/kiln.tar" "$work/buildkit.tar" >"$work/config-diff.txt" 2>&1
+    echo "  $(tail -1 "$work/config-diff.txt")" | tee -a "$summary"
+    sed '$d' "$work/config-diff.txt" | grep -v '\.created: A: absent  B: set$' | sed 's/^/    /' | tee -a "$summary"
   fi
 done
 "$DOCKER" builder prune -af >/dev/null 2>&1 || true
