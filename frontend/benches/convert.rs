@@ -63,3 +63,24 @@ fn parse_only_5000_instructions(bencher: divan::Bencher) {
         kiln_frontend::parser::parse("Dockerfile", divan::black_box(&text)).unwrap()
     });
 }
+
+/// The op digests alone (sha256 over each op's encoding), the largest part of a conversion.
+#[divan::bench]
+fn digest_ops_of_5000_instructions(bencher: divan::Bencher) {
+    let text = generated_dockerfile();
+    let resolver = OfflineResolver;
+    let mut options = ConvertOptions::new(&resolver);
+    options.build_platform = Some(Platform::parse("linux/amd64").unwrap());
+    let result = convert(&text, "Dockerfile", &options).unwrap();
+    let ops: Vec<_> = result
+        .definition
+        .vertices()
+        .iter()
+        .map(|vertex| vertex.op.clone())
+        .collect();
+    bencher.bench_local(|| {
+        for op in divan::black_box(&ops) {
+            divan::black_box(kiln_frontend::dag::op_digest(op).unwrap());
+        }
+    });
+}

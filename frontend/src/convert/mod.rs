@@ -316,7 +316,7 @@ pub(crate) fn env_get<'e>(env: &'e [(String, String)], key: &str) -> Option<&'e 
 
 /// Whether the lexer gives `word` back unchanged: nothing to expand, unquote or unescape.
 pub(crate) fn is_plain_word(word: &str, escape: char) -> bool {
-    !word.contains(|character| matches!(character, '$' | '<' | '\'' | '"') || character == escape)
+    !word.contains(['$', '<', '\'', '"', escape])
 }
 
 /// `Env` over a slice of pairs.
