@@ -27,6 +27,8 @@ enum Command {
     Run(commands::run::RunArgs),
     /// Download an image from a registry
     Pull(commands::pull::PullArgs),
+    /// Upload an image to a registry
+    Push(commands::push::PushArgs),
     /// List images
     Images(commands::images::ImagesArgs),
     /// Give an image another name
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
         Command::Build(args) => commands::build::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::Pull(args) => commands::pull::run(args),
+        Command::Push(args) => commands::push::run(args),
         Command::Images(args) => commands::images::run(args),
         Command::Tag(args) => commands::tag::run(args),
         Command::Rmi(args) => commands::rmi::run(args),

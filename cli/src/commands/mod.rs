@@ -4,6 +4,7 @@ pub mod build;
 pub mod build_run;
 pub mod run;
 pub mod pull;
+pub mod push;
 pub mod images;
 pub mod tag;
 pub mod rmi;
