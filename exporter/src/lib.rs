@@ -45,7 +45,7 @@ pub use error::{ExportError, Result};
 pub use gzip::{ParallelGzipWriter, GZIP_BLOCK_SIZE};
 pub use image::{build_image, tag, BaseImage, BuiltImage};
 pub use kiln_types::media_type::Compression;
+pub use layer::{layer_media_type, ExportedLayer, LayerExporter, LayerOptions, DOCKER_LAYER_TAR};
 pub use push::{
     push_image, PushEvent, PushOptions, PushProgress, PushReport, DEFAULT_CONCURRENT_UPLOADS,
 };
-pub use layer::{layer_media_type, ExportedLayer, LayerExporter, LayerOptions, DOCKER_LAYER_TAR};
