@@ -223,3 +223,39 @@ fn push_to_a_token_registry_after_login() {
     let pulled = fresh.ok(&["pull", &name]);
     assert!(pulled.contains(&digest), "{pulled}");
 }
+
+#[test]
+fn build_push_and_output_push_true() {
+    let registry = TestRegistry::start();
+    let base = push(&registry, &busybox_image(), "library/busybox:1");
+    let kiln = Kiln::new();
+    let context = tempfile::tempdir().expect("context");
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        format!("FROM {base}\nRUN echo built-and-pushed > /hello\nCMD [\"cat\", \"/hello\"]\n"),
+    )
+    .expect("Dockerfile");
+    let context = context.path().to_str().expect("path");
+    let first = format!("{}/team/built:1", registry.address());
+    let output = kiln.ok(&["build", "--push", "-t", &first, context]);
+    let digest = pushed_digest(&output, "1");
+    let second = format!("{}/team/built:2", registry.address());
+    let output = kiln.ok(&[
+        "build",
+        "-o",
+        "type=image,push=true",
+        "-t",
+        &second,
+        context,
+    ]);
+    assert_eq!(pushed_digest(&output, "2"), digest);
+    let refused = kiln.fail(&["build", "--push", context]);
+    assert!(refused.contains("-t NAME"), "{refused}");
+
+    let fresh = Kiln::new();
+    fresh.ok(&["pull", &second]);
+    assert_eq!(
+        fresh.ok(&["run", "--rm", &second]).trim(),
+        "built-and-pushed"
+    );
+}

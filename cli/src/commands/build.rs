@@ -97,6 +97,14 @@ pub struct BuildArgs {
     #[arg(long = "cache-from", value_name = "SPEC")]
     pub cache_from: Vec<String>,
 
+    /// Push the named images (-t) to their registries after the build
+    #[arg(long)]
+    pub push: bool,
+
+    /// Output: type=image[,push=true] (the store; pushed with push=true); repeatable
+    #[arg(short = 'o', long = "output", value_name = "SPEC")]
+    pub outputs: Vec<String>,
+
     /// Registry to reach over plain HTTP (loopback always is); repeatable
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     pub insecure_registries: Vec<String>,

@@ -41,6 +41,10 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|tag| kiln_image::normalize_name(tag).with_context(|| format!("invalid tag {tag:?}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let push_after_build = super::push::build_wants_push(args.push, &args.outputs)?;
+    if push_after_build && tags.is_empty() {
+        bail!("pushing needs a name: use -t NAME[:TAG]");
+    }
     let settings = build_settings(&args)?;
     let (dockerfile_name, dockerfile_path, text) = read_dockerfile(&args)?;
     let dockerignore = read_dockerignore(&args.context, dockerfile_path.as_deref())?;
@@ -240,6 +244,9 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         }
     }
     write_stderr(&out);
+    if push_after_build {
+        super::push::push_built_tags(worker.store(), &client, &tags).await?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -133,3 +133,63 @@ pub fn line_progress() -> kiln_exporter::PushProgress {
         }
     })
 }
+
+/// Whether a build's `--push` or `-o type=image,push=true` asks to push its tags.
+pub fn build_wants_push(push_flag: bool, outputs: &[String]) -> anyhow::Result<bool> {
+    let mut push = push_flag;
+    for output in outputs {
+        let mut kind = "image";
+        let mut wants = false;
+        for field in output.split(',') {
+            let (key, value) = field.split_once('=').unwrap_or((field, ""));
+            match key.trim() {
+                "type" => kind = value.trim(),
+                "push" => wants = matches!(value.trim(), "true" | "1" | ""),
+                _ => {}
+            }
+        }
+        if kind != "image" && kind != "registry" {
+            anyhow::bail!("-o {output}: only type=image (and type=registry) outputs are supported");
+        }
+        push |= wants || kind == "registry";
+    }
+    Ok(push)
+}
+
+/// After a build: pushes every tag (`kiln build --push`), printing each digest line.
+pub async fn push_built_tags(
+    store: &Store,
+    client: &RegistryClient,
+    tags: &[String],
+) -> anyhow::Result<()> {
+    if tags.is_empty() {
+        anyhow::bail!("--push needs a name: use -t NAME[:TAG]");
+    }
+    let options = PushOptions {
+        progress: Some(line_progress()),
+        ..PushOptions::default()
+    };
+    for tag in tags {
+        let reference = kiln_image::parse_reference(tag)?;
+        let reference = match reference.tag() {
+            Some(_) => reference,
+            None => reference.with_tag("latest")?,
+        };
+        let stored_name = reference.to_string();
+        let record = store
+            .image(&stored_name)?
+            .with_context(|| format!("no image named {stored_name} in the store"))?;
+        let report = kiln_exporter::push_image(
+            store,
+            client,
+            &stored_name,
+            &record.target,
+            &reference,
+            &options,
+        )
+        .await
+        .with_context(|| format!("pushing {stored_name}"))?;
+        print_report(&report)?;
+    }
+    Ok(())
+}
