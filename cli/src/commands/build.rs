@@ -101,7 +101,8 @@ pub struct BuildArgs {
     #[arg(long)]
     pub push: bool,
 
-    /// Output: type=image[,push=true] (the store; pushed with push=true); repeatable
+    /// Output: type=image[,push=true] (the store; pushed with push=true), type=registry,
+    /// type=docker,dest=FILE, type=oci,dest=FILE.tar|DIR; repeatable
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     pub outputs: Vec<String>,
 

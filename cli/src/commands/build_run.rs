@@ -244,6 +244,15 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         }
     }
     write_stderr(&out);
+    let archive_outputs = super::build_output::parse_outputs(&args.outputs)?;
+    tokio::task::block_in_place(|| {
+        super::build_output::write_archives(
+            worker.store(),
+            &archive_outputs,
+            &tags,
+            &built.manifest_descriptor,
+        )
+    })?;
     if push_after_build {
         super::push::push_built_tags(worker.store(), &client, &tags).await?;
     }

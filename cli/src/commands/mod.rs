@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod build_run;
+pub mod build_output;
 pub mod run;
 pub mod pull;
 pub mod push;

@@ -136,24 +136,11 @@ pub fn line_progress() -> kiln_exporter::PushProgress {
 
 /// Whether a build's `--push` or `-o type=image,push=true` asks to push its tags.
 pub fn build_wants_push(push_flag: bool, outputs: &[String]) -> anyhow::Result<bool> {
-    let mut push = push_flag;
-    for output in outputs {
-        let mut kind = "image";
-        let mut wants = false;
-        for field in output.split(',') {
-            let (key, value) = field.split_once('=').unwrap_or((field, ""));
-            match key.trim() {
-                "type" => kind = value.trim(),
-                "push" => wants = matches!(value.trim(), "true" | "1" | ""),
-                _ => {}
-            }
-        }
-        if kind != "image" && kind != "registry" {
-            anyhow::bail!("-o {output}: only type=image (and type=registry) outputs are supported");
-        }
-        push |= wants || kind == "registry";
-    }
-    Ok(push)
+    let parsed = super::build_output::parse_outputs(outputs)?;
+    Ok(push_flag
+        || parsed
+            .iter()
+            .any(|output| *output == super::build_output::BuildOutput::Image { push: true }))
 }
 
 /// After a build: pushes every tag (`kiln build --push`), printing each digest line.
