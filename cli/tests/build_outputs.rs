@@ -26,7 +26,9 @@ fn docker_and_oci_outputs_are_read_by_skopeo() {
     let context = tempfile::tempdir().expect("context");
     std::fs::write(
         context.path().join("Dockerfile"),
-        format!("FROM {base}\nRUN echo out > /hello\nENV OUTPUT=yes\n"),
+        format!(
+            "FROM {base}\nRUN echo out > /hello && chown 12:34 /hello && chmod 640 /hello && ln -s hello /link && rm /bin/true\nENV OUTPUT=yes\n"
+        ),
     )
     .expect("Dockerfile");
     let out = tempfile::tempdir().expect("out");
@@ -63,13 +65,43 @@ fn docker_and_oci_outputs_are_read_by_skopeo() {
         .image_names()
         .contains(&"docker.io/library/app:1".to_string()));
 
+    let local = out.path().join("rootfs");
+    kiln.ok(&[
+        "build",
+        "-o",
+        &format!("type=local,dest={}", local.display()),
+        context.path().to_str().expect("path"),
+    ]);
+    use std::os::unix::fs::MetadataExt as _;
+    let hello = std::fs::symlink_metadata(local.join("hello")).expect("hello");
+    assert_eq!(
+        (hello.uid(), hello.gid(), hello.mode() & 0o7777),
+        (12, 34, 0o640)
+    );
+    assert_eq!(
+        std::fs::read_to_string(local.join("hello")).expect("read"),
+        "out\n"
+    );
+    assert_eq!(
+        std::fs::read_link(local.join("link"))
+            .expect("link")
+            .to_str(),
+        Some("hello")
+    );
+    assert!(local.join("bin/busybox").is_file());
+    assert!(
+        std::fs::symlink_metadata(local.join("bin/true")).is_err(),
+        "whiteout applied"
+    );
+    assert!(std::fs::symlink_metadata(local.join("bin/.wh.true")).is_err());
+
     let refused = kiln.fail(&[
         "build",
         "-o",
-        "type=local,dest=/tmp/x",
+        "type=tar,dest=/tmp/x",
         context.path().to_str().expect("path"),
     ]);
-    assert!(refused.contains("type=local is not supported"), "{refused}");
+    assert!(refused.contains("type=tar is not supported"), "{refused}");
     let refused = kiln.fail(&[
         "build",
         "-o",

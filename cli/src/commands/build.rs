@@ -102,7 +102,7 @@ pub struct BuildArgs {
     pub push: bool,
 
     /// Output: type=image[,push=true] (the store; pushed with push=true), type=registry,
-    /// type=docker,dest=FILE, type=oci,dest=FILE.tar|DIR; repeatable
+    /// type=docker,dest=FILE, type=oci,dest=FILE.tar|DIR, type=local,dest=DIR; repeatable
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     pub outputs: Vec<String>,
 

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 use kiln_exporter::{write_docker_archive, write_oci_archive, write_oci_directory, ArchiveImage};
+use kiln_snapshotter::archive::{apply_layer, ApplyOptions, WhiteoutMode};
 use kiln_snapshotter::Store;
-use kiln_types::{Descriptor, Platform};
+use kiln_types::{media_type, Descriptor, Platform};
 
 /// One `-o` output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +22,9 @@ pub enum BuildOutput {
     /// An OCI image layout: a tar, or a directory when `dest` has no `.tar` ending or exists
     /// as a directory.
     Oci { dest: PathBuf },
+    /// The final root filesystem as files (layers applied in order, whiteouts applied,
+    /// owners, modes and links kept).
+    Local { dest: PathBuf },
 }
 
 /// Parses `-o` specs (`type=...,key=value`; a bare path is `type=local` in BuildKit, which
@@ -54,8 +58,11 @@ pub fn parse_outputs(specs: &[String]) -> anyhow::Result<Vec<BuildOutput>> {
             "oci" => BuildOutput::Oci {
                 dest: needs_dest(dest)?,
             },
+            "local" => BuildOutput::Local {
+                dest: needs_dest(dest)?,
+            },
             other => {
-                bail!("-o {spec}: type={other} is not supported (image, registry, docker, oci)")
+                bail!("-o {spec}: type={other} is not supported (image, registry, docker, oci, local)")
             }
         });
     }
@@ -87,6 +94,8 @@ pub fn write_archives(
             BuildOutput::Oci { dest } => write_file(dest, |writer| {
                 Ok(write_oci_archive(store, &images, &platform, writer)?)
             })?,
+            BuildOutput::Local { dest } => write_rootfs(store, descriptor, &platform, dest)
+                .with_context(|| format!("writing the root filesystem to {}", dest.display()))?,
         }
     }
     Ok(())
@@ -126,4 +135,35 @@ fn write_file(
         let _ = std::fs::remove_file(&temporary);
     }
     result
+}
+
+/// Applies the image's layers in order into `dest` (created if missing), whiteouts applied.
+fn write_rootfs(
+    store: &Store,
+    descriptor: &Descriptor,
+    platform: &Platform,
+    dest: &Path,
+) -> anyhow::Result<()> {
+    let resolved = store.resolve_layers(descriptor, platform)?;
+    std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+    for (layer, diff_id) in resolved
+        .manifest
+        .layers
+        .iter()
+        .zip(&resolved.config.rootfs.diff_ids)
+    {
+        let compression = media_type::layer_compression(&layer.media_type).with_context(|| {
+            format!(
+                "layer {} has media type {:?}, not a layer",
+                layer.digest, layer.media_type
+            )
+        })?;
+        let file = store.content().open(&layer.digest)?;
+        let mut options = ApplyOptions::new(WhiteoutMode::Apply);
+        options.expected_diff_id = Some(diff_id.clone());
+        options.preserve_owners = true;
+        apply_layer(file, compression, dest, &options)
+            .with_context(|| format!("applying layer {}", layer.digest))?;
+    }
+    Ok(())
 }
