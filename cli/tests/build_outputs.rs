@@ -95,13 +95,35 @@ fn docker_and_oci_outputs_are_read_by_skopeo() {
     );
     assert!(std::fs::symlink_metadata(local.join("bin/.wh.true")).is_err());
 
+    let tarball = out.path().join("rootfs.tar");
+    kiln.ok(&[
+        "build",
+        "-o",
+        &format!("type=tar,dest={}", tarball.display()),
+        context.path().to_str().expect("path"),
+    ]);
+    let mut archive = tar::Archive::new(std::fs::File::open(&tarball).expect("tar"));
+    let mut found = false;
+    for entry in archive.entries().expect("entries") {
+        let entry = entry.expect("entry");
+        let path = entry.path().expect("path").to_string_lossy().into_owned();
+        if path.trim_start_matches("./") == "hello" {
+            let header = entry.header();
+            assert_eq!(header.uid().expect("uid"), 12);
+            assert_eq!(header.mode().expect("mode") & 0o7777, 0o640);
+            found = true;
+        }
+        assert_ne!(path.trim_start_matches("./"), "bin/true");
+    }
+    assert!(found, "hello is in the tar");
+
     let refused = kiln.fail(&[
         "build",
         "-o",
-        "type=tar,dest=/tmp/x",
+        "type=zip,dest=/tmp/x",
         context.path().to_str().expect("path"),
     ]);
-    assert!(refused.contains("type=tar is not supported"), "{refused}");
+    assert!(refused.contains("type=zip is not supported"), "{refused}");
     let refused = kiln.fail(&[
         "build",
         "-o",

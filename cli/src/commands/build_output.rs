@@ -25,6 +25,8 @@ pub enum BuildOutput {
     /// The final root filesystem as files (layers applied in order, whiteouts applied,
     /// owners, modes and links kept).
     Local { dest: PathBuf },
+    /// The same root filesystem as one tar file.
+    Tar { dest: PathBuf },
 }
 
 /// Parses `-o` specs (`type=...,key=value`; a bare path is `type=local` in BuildKit, which
@@ -61,8 +63,11 @@ pub fn parse_outputs(specs: &[String]) -> anyhow::Result<Vec<BuildOutput>> {
             "local" => BuildOutput::Local {
                 dest: needs_dest(dest)?,
             },
+            "tar" => BuildOutput::Tar {
+                dest: needs_dest(dest)?,
+            },
             other => {
-                bail!("-o {spec}: type={other} is not supported (image, registry, docker, oci, local)")
+                bail!("-o {spec}: type={other} is not supported (image, registry, docker, oci, local, tar)")
             }
         });
     }
@@ -96,6 +101,22 @@ pub fn write_archives(
             })?,
             BuildOutput::Local { dest } => write_rootfs(store, descriptor, &platform, dest)
                 .with_context(|| format!("writing the root filesystem to {}", dest.display()))?,
+            BuildOutput::Tar { dest } => {
+                let parent = dest
+                    .parent()
+                    .filter(|parent| !parent.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                let staging = tempfile::tempdir_in(parent)
+                    .with_context(|| format!("creating a directory in {}", parent.display()))?;
+                write_rootfs(store, descriptor, &platform, staging.path())?;
+                write_file(dest, |writer| {
+                    let mut builder = tar::Builder::new(writer);
+                    builder.mode(tar::HeaderMode::Complete);
+                    builder.follow_symlinks(false);
+                    builder.append_dir_all(".", staging.path())?;
+                    Ok(builder.into_inner()?)
+                })?;
+            }
         }
     }
     Ok(())
