@@ -5,7 +5,7 @@ mod image_support;
 use std::io::Write as _;
 
 use image_support::{push_with, Kiln};
-use kiln_testsupport::{busybox_image, TokenPolicy, TestRegistry};
+use kiln_testsupport::{busybox_image, TestRegistry, TokenPolicy};
 
 fn private_registry() -> (TestRegistry, String) {
     let policy = TokenPolicy {
@@ -34,7 +34,13 @@ fn login_pull_logout() {
     assert!(wrong.contains("logging in"), "{wrong}");
 
     let mut login = kiln
-        .command(&["login", "-u", "alice", "--password-stdin", registry.address()])
+        .command(&[
+            "login",
+            "-u",
+            "alice",
+            "--password-stdin",
+            registry.address(),
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -47,7 +53,11 @@ fn login_pull_logout() {
         .write_all(b"wonderland\n")
         .expect("password");
     let output = login.wait_with_output().expect("kiln login");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(String::from_utf8_lossy(&output.stdout).contains("Login Succeeded"));
     assert!(kiln.credentials_file().exists());
 

@@ -50,14 +50,22 @@ fn kill_during_download_then_pull_resumes_and_nothing_partial_is_visible() {
             break;
         }
         assert!(Instant::now() < deadline, "the download never started");
-        assert!(child.0.try_wait().expect("wait").is_none(), "kiln pull ended early");
+        assert!(
+            child.0.try_wait().expect("wait").is_none(),
+            "kiln pull ended early"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     child.0.kill().expect("kill -9");
     let _ = child.0.wait();
-    let partial = std::fs::metadata(&ingest).expect("partial download kept").len();
+    let partial = std::fs::metadata(&ingest)
+        .expect("partial download kept")
+        .len();
     assert!(partial > 0 && partial < layer.size, "partial {partial}");
-    assert!(!kiln.blob_exists(&layer.digest), "a partial blob is visible");
+    assert!(
+        !kiln.blob_exists(&layer.digest),
+        "a partial blob is visible"
+    );
     kiln.assert_blobs_verified();
 
     proxy.clear_log();
@@ -69,13 +77,19 @@ fn kill_during_download_then_pull_resumes_and_nothing_partial_is_visible() {
         .filter(|request| request.method == "GET" && request.path.contains(&blob_path))
         .collect::<Vec<_>>();
     assert_eq!(resumed.len(), 1, "{resumed:?}");
-    let range = resumed[0].range.clone().expect("the second pull asks for a range");
+    let range = resumed[0]
+        .range
+        .clone()
+        .expect("the second pull asks for a range");
     let start: u64 = range
         .trim_start_matches("bytes=")
         .trim_end_matches('-')
         .parse()
         .expect("range start");
-    assert!(start > 0 && start <= partial, "range {range} after {partial} bytes");
+    assert!(
+        start > 0 && start <= partial,
+        "range {range} after {partial} bytes"
+    );
     assert!(kiln.blob_exists(&layer.digest));
     assert!(!ingest.exists(), "the ingest file is gone once committed");
     kiln.assert_blobs_verified();
@@ -84,7 +98,9 @@ fn kill_during_download_then_pull_resumes_and_nothing_partial_is_visible() {
     let data = image_support::snapshot_fs(&kiln, top).join("data.bin");
     assert_eq!(std::fs::metadata(data).expect("data.bin").len(), 6 << 20);
     // Only the committed snapshot is left: the killed pull's unpack directory is gone.
-    let snapshots = std::fs::read_dir(kiln.root().join("snapshots")).expect("snapshots").count();
+    let snapshots = std::fs::read_dir(kiln.root().join("snapshots"))
+        .expect("snapshots")
+        .count();
     assert_eq!(snapshots, 1);
 }
 
@@ -121,7 +137,10 @@ fn a_blob_with_the_wrong_digest_is_rejected_and_not_stored() {
     let kiln = Kiln::new();
     let name = format!("{}/busybox:1", proxy.address());
     let error = kiln.fail(&["pull", &name]);
-    assert!(error.contains("digest mismatch") || error.contains("unpacking layer"), "{error}");
+    assert!(
+        error.contains("digest mismatch") || error.contains("unpacking layer"),
+        "{error}"
+    );
     assert!(!kiln.blob_exists(&layer.digest));
     assert!(kiln.image_names().is_empty());
     kiln.assert_blobs_verified();

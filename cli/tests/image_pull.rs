@@ -21,7 +21,10 @@ fn pull_busybox_then_images_inspect_tag_rmi() {
     let name = reference.to_string();
 
     let output = kiln.ok(&["pull", &name]);
-    assert!(output.contains(&format!("Digest: {}", image.manifest_digest)), "{output}");
+    assert!(
+        output.contains(&format!("Digest: {}", image.manifest_digest)),
+        "{output}"
+    );
     assert!(output.trim_end().ends_with(&name), "{output}");
     assert_eq!(kiln.image_names(), vec![name.clone()]);
 
@@ -30,7 +33,10 @@ fn pull_busybox_then_images_inspect_tag_rmi() {
     for column in ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"] {
         assert!(header.contains(column), "{table}");
     }
-    assert!(table.contains(&image.manifest_digest.hex()[..12]), "{table}");
+    assert!(
+        table.contains(&image.manifest_digest.hex()[..12]),
+        "{table}"
+    );
 
     let inspected = kiln.inspect(&name);
     assert_eq!(inspected["Id"], image.manifest_digest.to_string());
@@ -49,14 +55,20 @@ fn pull_busybox_then_images_inspect_tag_rmi() {
     kiln.ok(&["tag", &name, "mybox:1"]);
     let mut names = kiln.image_names();
     names.sort();
-    assert_eq!(names, vec![name.clone(), "docker.io/library/mybox:1".into()]);
+    assert_eq!(
+        names,
+        vec![name.clone(), "docker.io/library/mybox:1".into()]
+    );
     assert_eq!(kiln.inspect("mybox:1")["Id"], inspected["Id"]);
 
     // By id with two names: refused without --force.
     let refused = kiln.fail(&["rmi", &image.manifest_digest.hex()[..12]]);
     assert!(refused.contains("--force"), "{refused}");
     let untagged = kiln.ok(&["rmi", "mybox:1"]);
-    assert!(untagged.contains("Untagged: docker.io/library/mybox:1"), "{untagged}");
+    assert!(
+        untagged.contains("Untagged: docker.io/library/mybox:1"),
+        "{untagged}"
+    );
     assert!(!untagged.contains("Deleted"), "{untagged}");
     let removed = kiln.ok(&["rmi", &name]);
     assert!(removed.contains("Deleted: "), "{removed}");
@@ -84,15 +96,25 @@ fn pull_by_digest_and_root_flag() {
         .env("KILN_ROOT", other.path())
         .output()
         .expect("kiln");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_eq!(kiln.image_names(), vec![pinned.clone()]);
     let table = kiln.ok(&["images"]);
     assert!(table.contains("<none>"), "{table}");
-    assert_eq!(kiln.inspect(&pinned)["Id"], image.manifest_digest.to_string());
+    assert_eq!(
+        kiln.inspect(&pinned)["Id"],
+        image.manifest_digest.to_string()
+    );
     // A digest that is not there.
     let wrong = format!("{}@sha256:{}", reference.name(), "0".repeat(64));
     let error = kiln.fail(&["pull", &wrong]);
-    assert!(error.contains("not found") || error.contains("404"), "{error}");
+    assert!(
+        error.contains("not found") || error.contains("404"),
+        "{error}"
+    );
 }
 
 fn platform_image(platform: &str) -> kiln_testsupport::BuiltImage {
@@ -123,12 +145,18 @@ fn platform_is_picked_from_an_index() {
 
     let kiln = Kiln::new();
     let output = kiln.ok(&["pull", "--platform", "linux/arm64", &name]);
-    assert!(output.contains(&format!("Digest: {}", index.digest)), "{output}");
+    assert!(
+        output.contains(&format!("Digest: {}", index.digest)),
+        "{output}"
+    );
     let inspected = kiln.inspect(&name);
     assert_eq!(inspected["Architecture"], "arm64");
     assert_eq!(inspected["Id"], index.images[1].manifest_digest.to_string());
     let top = inspected["TopSnapshot"].as_str().expect("top");
-    assert_eq!(read(&snapshot_fs(&kiln, top).join("platform")), "linux/arm64/v8");
+    assert_eq!(
+        read(&snapshot_fs(&kiln, top).join("platform")),
+        "linux/arm64/v8"
+    );
 
     let kiln = Kiln::new();
     kiln.ok(&["pull", "--platform", "linux/s390x", &name]);
@@ -137,7 +165,10 @@ fn platform_is_picked_from_an_index() {
     let host = Platform::host();
     let kiln = Kiln::new();
     kiln.ok(&["pull", &name]);
-    assert_eq!(kiln.inspect(&name)["Architecture"], host.architecture.as_str());
+    assert_eq!(
+        kiln.inspect(&name)["Architecture"],
+        host.architecture.as_str()
+    );
 
     let error = Kiln::new().fail(&["pull", "--platform", "linux/riscv64", &name]);
     assert!(error.contains("no manifest for platform"), "{error}");
@@ -149,7 +180,12 @@ fn a_150_layer_image_pulls_and_its_top_snapshot_mounts() {
     let image = many_layer_image(150);
     let reference = push(&registry, &image, "many:150");
     let kiln = Kiln::new();
-    kiln.ok(&["pull", "--max-concurrent-downloads", "6", &reference.to_string()]);
+    kiln.ok(&[
+        "pull",
+        "--max-concurrent-downloads",
+        "6",
+        &reference.to_string(),
+    ]);
     let inspected = kiln.inspect(&reference.to_string());
     let layers = inspected["Layers"].as_array().expect("layers");
     assert_eq!(layers.len(), 150);
@@ -160,7 +196,10 @@ fn a_150_layer_image_pulls_and_its_top_snapshot_mounts() {
         .expect("snapshot id");
     assert_eq!(store.snapshotter().chain(&top).expect("chain").len(), 150);
     let lease = store.lease("test view").expect("lease");
-    let view = store.snapshotter().view(&lease, &top).expect("mount the 150 layers");
+    let view = store
+        .snapshotter()
+        .view(&lease, &top)
+        .expect("mount the 150 layers");
     for index in [0, 1, 77, 149] {
         assert_eq!(
             read(&view.mountpoint().join(format!("layers/{index}"))),
@@ -189,20 +228,36 @@ fn whiteouts_hardlinks_symlinks_and_xattrs_are_exact() {
     let b = lower.join("data/b").metadata().expect("b");
     assert_eq!(a.ino(), b.ino());
     assert_eq!(a.nlink(), 2);
-    assert_eq!(std::fs::read_link(lower.join("data/link")).expect("link").to_str(), Some("a"));
     assert_eq!(
-        std::fs::read_link(lower.join("data/abs")).expect("abs").to_str(),
+        std::fs::read_link(lower.join("data/link"))
+            .expect("link")
+            .to_str(),
+        Some("a")
+    );
+    assert_eq!(
+        std::fs::read_link(lower.join("data/abs"))
+            .expect("abs")
+            .to_str(),
         Some("/etc/hostname")
     );
     let owned = lower.join("data/owned").metadata().expect("owned");
-    assert_eq!((owned.uid(), owned.gid(), owned.mode() & 0o7777), (1000, 1000, 0o640));
-    assert_eq!(xattr(&lower.join("data/xattr"), "user.kiln").as_deref(), Some(&b"yes"[..]));
+    assert_eq!(
+        (owned.uid(), owned.gid(), owned.mode() & 0o7777),
+        (1000, 1000, 0o640)
+    );
+    assert_eq!(
+        xattr(&lower.join("data/xattr"), "user.kiln").as_deref(),
+        Some(&b"yes"[..])
+    );
     assert_eq!(
         xattr(&lower.join("data/xattr"), "security.capability").map(|value| value.len()),
         Some(20)
     );
 
-    let whiteout = upper.join("gone/file").symlink_metadata().expect("whiteout");
+    let whiteout = upper
+        .join("gone/file")
+        .symlink_metadata()
+        .expect("whiteout");
     assert!(whiteout.file_type().is_char_device());
     assert_eq!(whiteout.rdev(), 0);
     assert_eq!(

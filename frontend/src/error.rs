@@ -29,12 +29,22 @@ pub struct Error {
 impl Error {
     /// An error at a location.
     pub fn new(location: Location, message: impl Into<String>) -> Self {
-        Error { location, message: message.into(), did_you_mean: None }
+        Error {
+            location,
+            message: message.into(),
+            did_you_mean: None,
+        }
     }
 
     /// An error not tied to a line (arguments, `--target`).
     pub fn general(file: &str, message: impl Into<String>) -> Self {
-        Error::new(Location { file: file.to_string(), ..Location::default() }, message)
+        Error::new(
+            Location {
+                file: file.to_string(),
+                ..Location::default()
+            },
+            message,
+        )
     }
 
     /// Adds a "did you mean" suggestion.
@@ -92,7 +102,9 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
         current[0] = i + 1;
         for (j, cb) in b.iter().enumerate() {
             let cost = usize::from(ca != cb);
-            current[j + 1] = (previous[j] + cost).min(previous[j + 1] + 1).min(current[j] + 1);
+            current[j + 1] = (previous[j] + cost)
+                .min(previous[j + 1] + 1)
+                .min(current[j] + 1);
             if i > 0 && j > 0 && *ca == b[j - 1] && a[i - 1] == *cb {
                 current[j + 1] = current[j + 1].min(before_previous[j - 1] + 1);
             }
@@ -110,7 +122,10 @@ mod tests {
     #[test]
     fn suggests_close_names_only() {
         assert_eq!(closest("RUNN", ["RUN", "COPY", "FROM"]), Some("RUN".into()));
-        assert_eq!(closest("build", ["builder", "final"]), Some("builder".into()));
+        assert_eq!(
+            closest("build", ["builder", "final"]),
+            Some("builder".into())
+        );
         assert_eq!(closest("zzzzzz", ["RUN", "COPY"]), None);
         assert_eq!(closest("cpoy", ["RUN", "COPY"]), Some("COPY".into()));
         assert_eq!(edit_distance("hots", "host"), 1);
@@ -120,7 +135,12 @@ mod tests {
     #[test]
     fn message_names_file_line_and_quotes_it() {
         let error = Error::new(
-            Location { file: "Dockerfile".into(), line: 3, column: 1, line_text: "RUNN x".into() },
+            Location {
+                file: "Dockerfile".into(),
+                line: 3,
+                column: 1,
+                line_text: "RUNN x".into(),
+            },
             "unknown instruction: RUNN",
         )
         .with_suggestion(Some("RUN".into()));

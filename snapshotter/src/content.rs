@@ -282,6 +282,13 @@ impl BlobWriter {
         self.written
     }
 
+    /// The ingest file being written. The [`offset`](Self::offset) bytes written so far can
+    /// be read back from it while writing goes on (a pull feeds them to an unpacker that
+    /// starts after the download did). Never write to it.
+    pub fn ingest_path(&self) -> &Path {
+        &self.path
+    }
+
     /// Drops whatever was written and starts over at offset 0.
     pub fn restart(&mut self) -> Result<()> {
         self.file
