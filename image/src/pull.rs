@@ -4,14 +4,16 @@
 //! The manifest and config are stored first (verified). Then every layer not yet unpacked
 //! is fetched by its own task, at most [`PullOptions::max_concurrent_downloads`] at once.
 //! A layer snapshot can only be prepared on top of a committed parent (the store checks
-//! the chain when the unpack directory is made), so a layer whose parent is committed when
-//! its download starts is streamed: each chunk goes to the content store's writer and, at
-//! the same time, to a blocking thread that decompresses, hashes (diffID) and untars it into
-//! the layer's snapshot directory. One download, no second read. A layer whose parent is
-//! not committed yet is only downloaded into the content store, and unpacked from there, in
-//! order, as soon as its parent is committed (by then the blob is usually in the page
-//! cache). The bottom missing layer is always streamed; on a fast registry most downloads
-//! finish while the layers below them unpack.
+//! the chain when the unpack directory is made), so:
+//! - a layer whose parent is committed when its download starts is streamed: each chunk
+//!   goes to the content store's writer and, at the same time, to an unpacker (one thread
+//!   inflating, one hashing the diffID and writing files). One download, no second read;
+//! - a layer whose parent is not committed yet is downloaded into the content store, and
+//!   its task watches the parent: once the parent is committed, an unpacker starts on the
+//!   bytes written so far (read back from the ingest file, still in the page cache) and
+//!   then follows the download chunk by chunk;
+//! - a layer whose download ended before its parent was committed is unpacked from the
+//!   stored blob, in order, as soon as its parent is.
 //!
 //! # Safety against crashes and other processes
 //! One lease covers everything the pull creates, so a concurrent `prune` deletes nothing in
@@ -25,14 +27,14 @@
 
 use std::fs::File;
 use std::io::{Read, Take, Write};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, Bytes};
 use futures_util::StreamExt as _;
 use kiln_registry::{BlobProgress, Reference, RegistryClient, RegistryError};
 use kiln_snapshotter::archive::{
-    apply_layer, AppliedLayer, ApplyOptions, Compression, WhiteoutMode,
+    apply_layer, decompressing_reader, AppliedLayer, ApplyOptions, ArchiveError, Compression,
+    WhiteoutMode,
 };
 use kiln_snapshotter::{
     chain_ids, BlobWriter, Lease, PreparedUnpack, SnapshotId, Store, UnpackDir, MAX_DOCUMENT_SIZE,
@@ -425,7 +427,7 @@ async fn fetch_layer(context: &Arc<Context>, index: usize) -> Result<Fetched> {
         if blob_present {
             context.layer_event(plan, LayerState::AlreadyExists);
         } else {
-            download(context, plan, None).await?;
+            download(context, plan, None, false).await?;
             context.layer_event(plan, LayerState::AlreadyExists);
         }
         return Ok(Fetched::Stored);
@@ -440,7 +442,7 @@ async fn fetch_layer(context: &Arc<Context>, index: usize) -> Result<Fetched> {
         match prepare(context, plan, parent).await? {
             PreparedUnpack::Existing(id) => {
                 if !blob_present {
-                    download(context, plan, None).await?;
+                    download(context, plan, None, false).await?;
                 }
                 context.set_committed(index, id.clone());
                 return Ok(Fetched::Unpacked(id));
@@ -450,7 +452,7 @@ async fn fetch_layer(context: &Arc<Context>, index: usize) -> Result<Fetched> {
                     context.layer_event(plan, LayerState::Extracting);
                     apply_stored(context.clone(), index, directory).await?
                 } else {
-                    match download(context, plan, Some(directory)).await? {
+                    match download(context, plan, Some(directory), false).await? {
                         Some(id) => id,
                         None => {
                             return Err(ImageError::Task {
@@ -465,7 +467,12 @@ async fn fetch_layer(context: &Arc<Context>, index: usize) -> Result<Fetched> {
         }
     }
     if !blob_present {
-        download(context, plan, None).await?;
+        // Joins in as an unpacker once the parent is committed, if that happens before the
+        // download ends.
+        if let Some(id) = download(context, plan, None, true).await? {
+            context.set_committed(index, id.clone());
+            return Ok(Fetched::Unpacked(id));
+        }
     }
     context.layer_event(plan, LayerState::Downloaded);
     Ok(Fetched::Stored)
@@ -531,8 +538,8 @@ async fn apply_stored(
             .open(&plan.descriptor.digest)
             .map_err(ImageError::store("opening a stored layer"))?;
         let applied = apply_layer(
-            file,
-            plan.compression,
+            decompress_on_thread(file, plan.compression),
+            Compression::Uncompressed,
             directory.path(),
             &apply_options(plan),
         )
@@ -555,23 +562,50 @@ fn commit_unpack(directory: UnpackDir, applied: &AppliedLayer) -> Result<Snapsho
         .map_err(ImageError::store("committing a layer snapshot"))
 }
 
-/// The ingest file of a download of a known digest (documented store layout).
-fn ingest_path(store: &Store, digest: &Digest) -> PathBuf {
-    store.root().join("content/ingest").join(digest.hex())
+/// Opens the first `length` bytes of a blob writer's ingest file.
+fn open_prefix(writer: &BlobWriter, length: u64) -> std::io::Result<Take<File>> {
+    Ok(File::open(writer.ingest_path())?.take(length))
 }
 
-/// Opens the first `length` bytes an earlier, interrupted download left.
-fn open_prefix(store: &Store, digest: &Digest, length: u64) -> std::io::Result<Take<File>> {
-    Ok(File::open(ingest_path(store, digest))?.take(length))
+/// A running unpacker: its input channel and its thread.
+struct Unpacker {
+    sender: mpsc::Sender<Bytes>,
+    handle: tokio::task::JoinHandle<(UnpackDir, std::result::Result<AppliedLayer, ArchiveError>)>,
+}
+
+/// Starts unpacking into `directory`: first the `prefix` bytes already written, then the
+/// chunks sent to the returned channel.
+fn start_unpacker(plan: &LayerPlan, directory: UnpackDir, prefix: Option<Take<File>>) -> Unpacker {
+    let (sender, receiver) = mpsc::channel::<Bytes>(UNPACK_CHANNEL_CHUNKS);
+    let compression = plan.compression;
+    let options = apply_options(plan);
+    let handle = tokio::task::spawn_blocking(move || {
+        let reader = ChannelReader {
+            prefix,
+            receiver,
+            current: Bytes::new(),
+        };
+        let applied = apply_layer(
+            decompress_on_thread(reader, compression),
+            Compression::Uncompressed,
+            directory.path(),
+            &options,
+        );
+        (directory, applied)
+    });
+    Unpacker { sender, handle }
 }
 
 /// Downloads a layer blob into the content store, resuming a partial one. With a
-/// directory, the bytes also stream into the unpacker, and the committed snapshot is
-/// returned.
+/// directory, the bytes also stream into the unpacker. With `join_late`, the layer's
+/// parent is watched while downloading: once it is committed, an unpacker starts on the
+/// bytes written so far (read back from the ingest file) and follows the download. Returns
+/// the committed snapshot when the layer was unpacked (or found unpacked).
 async fn download(
     context: &Arc<Context>,
     plan: &LayerPlan,
     unpack: Option<UnpackDir>,
+    join_late: bool,
 ) -> Result<Option<SnapshotId>> {
     let store = &context.store;
     let digest = plan.descriptor.digest.clone();
@@ -582,7 +616,7 @@ async fn download(
     let mut resumed_from = writer.offset();
     let mut blob_progress = BlobProgress::new();
     if resumed_from > 0 {
-        let prefix = open_prefix(store, &digest, resumed_from)
+        let prefix = open_prefix(&writer, resumed_from)
             .and_then(BlobProgress::from_prefix)
             .ok()
             .filter(|progress| progress.offset() == resumed_from);
@@ -596,45 +630,33 @@ async fn download(
             }
         }
     }
-    let unpacking = unpack.is_some();
-    let (sender, unpacker) = match unpack {
+    let mut unpacker = match unpack {
         Some(directory) => {
-            let (sender, receiver) = mpsc::channel::<Bytes>(UNPACK_CHANNEL_CHUNKS);
             let prefix = if resumed_from > 0 {
                 Some(
-                    open_prefix(store, &digest, resumed_from).map_err(ImageError::io(format!(
+                    open_prefix(&writer, resumed_from).map_err(ImageError::io(format!(
                         "reading the partial download of {digest}"
                     )))?,
                 )
             } else {
                 None
             };
-            let compression = plan.compression;
-            let options = apply_options(plan);
-            let handle = tokio::task::spawn_blocking(move || {
-                let reader = ChannelReader {
-                    prefix,
-                    receiver,
-                    current: Bytes::new(),
-                };
-                let applied = apply_layer(reader, compression, directory.path(), &options);
-                (directory, applied)
-            });
-            (Some(sender), Some(handle))
+            Some(start_unpacker(plan, directory, prefix))
         }
-        None => (None, None),
+        None => None,
     };
+    // Set when a late join found the layer unpacked by someone else.
+    let mut found_unpacked: Option<SnapshotId> = None;
+    let mut watch_parent = join_late && unpacker.is_none() && plan.index > 0;
 
     let mut downloaded = resumed_from;
     let mut reported = 0u64;
-    context.layer_event(
-        plan,
-        LayerState::Downloading {
-            downloaded,
-            resumed_from,
-            unpacking,
-        },
-    );
+    let state = |downloaded: u64, unpacking: bool| LayerState::Downloading {
+        downloaded,
+        resumed_from,
+        unpacking,
+    };
+    context.layer_event(plan, state(downloaded, unpacker.is_some()));
     let mut stream = Box::pin(context.client.blob_stream(
         &context.reference,
         &plan.descriptor,
@@ -660,26 +682,46 @@ async fn download(
         context
             .bytes_downloaded
             .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        if watch_parent {
+            if let Some(parent) = context.committed(plan.index - 1) {
+                watch_parent = false;
+                match prepare(context, plan, Some(parent)).await {
+                    Ok(PreparedUnpack::Existing(id)) => found_unpacked = Some(id),
+                    Ok(PreparedUnpack::New(directory)) => {
+                        // The bytes so far, this chunk included, are in the ingest file.
+                        match open_prefix(&writer, downloaded) {
+                            Ok(prefix) => {
+                                unpacker = Some(start_unpacker(plan, directory, Some(prefix)));
+                                reported = 0;
+                            }
+                            // Unpacked from the stored blob after the download instead.
+                            Err(_) => drop(directory),
+                        }
+                    }
+                    Err(error) => {
+                        download_error = Some(error);
+                        break;
+                    }
+                }
+                continue;
+            }
+        }
         if downloaded - reported >= PROGRESS_STEP || downloaded == plan.descriptor.size {
             reported = downloaded;
-            context.layer_event(
-                plan,
-                LayerState::Downloading {
-                    downloaded,
-                    resumed_from,
-                    unpacking,
-                },
-            );
+            context.layer_event(plan, state(downloaded, unpacker.is_some()));
         }
-        if let Some(sender) = &sender {
-            if sender.send(chunk).await.is_err() {
+        if let Some(unpacker) = &unpacker {
+            if unpacker.sender.send(chunk).await.is_err() {
                 // The unpacker stopped: its error says why.
                 break;
             }
         }
     }
     drop(stream);
-    drop(sender);
+    let unpacker = unpacker.map(|unpacker| {
+        drop(unpacker.sender);
+        unpacker.handle
+    });
 
     // Commit the verified blob while the unpacker finishes.
     let mut writer = Some(writer);
@@ -727,7 +769,7 @@ async fn download(
                 .map_err(ImageError::task)?
                 .map(Some)
         }
-        _ => Ok(None),
+        _ => Ok(found_unpacked),
     }
 }
 
@@ -750,6 +792,122 @@ fn download_failed(writer: &mut BlobWriter, digest: &Digest, error: RegistryErro
     ImageError::Registry {
         action: format!("downloading layer {digest}"),
         source: error,
+    }
+}
+
+/// Bytes of decompressed stream handed over at once.
+const INFLATED_CHUNK: usize = 256 * 1024;
+/// Decompressed chunks buffered between the inflating thread and the unpacker.
+const INFLATED_CHUNKS: usize = 8;
+
+/// Decompresses `reader` on a thread of its own, so that inflating and the unpacker's
+/// hashing (the diffID) and file writes run on two cores at once: with one thread for all
+/// three, that thread was the slowest stage of a pull. Falls back to decompressing in the
+/// caller's thread if no thread can be started.
+fn decompress_on_thread<R: Read + Send + 'static>(
+    reader: R,
+    compression: Compression,
+) -> Box<dyn Read + Send> {
+    if compression == Compression::Uncompressed {
+        return Box::new(reader);
+    }
+    let (sender, receiver) =
+        std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(INFLATED_CHUNKS);
+    let slot = Arc::new(Mutex::new(Some(reader)));
+    let thread_slot = slot.clone();
+    let started = std::thread::Builder::new()
+        .name("kiln-inflate".into())
+        .spawn(move || {
+            let taken = thread_slot
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take();
+            let Some(reader) = taken else { return };
+            let mut decoder = match decompressing_reader(reader, compression) {
+                Ok(decoder) => decoder,
+                Err(error) => {
+                    let _ = sender.send(Err(error));
+                    return;
+                }
+            };
+            loop {
+                let mut buffer = vec![0u8; INFLATED_CHUNK];
+                let mut filled = 0;
+                while filled < buffer.len() {
+                    match decoder.read(&mut buffer[filled..]) {
+                        Ok(0) => break,
+                        Ok(read) => filled += read,
+                        Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(error) => {
+                            let _ = sender.send(Err(error));
+                            return;
+                        }
+                    }
+                }
+                if filled == 0 {
+                    return;
+                }
+                buffer.truncate(filled);
+                if sender.send(Ok(buffer)).is_err() {
+                    return;
+                }
+            }
+        });
+    if started.is_err() {
+        let taken = slot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(reader) = taken {
+            return match decompressing_reader(reader, compression) {
+                Ok(decoder) => Box::new(decoder),
+                Err(error) => Box::new(FailingReader(Some(error))),
+            };
+        }
+    }
+    Box::new(InflatedReader {
+        receiver,
+        current: Vec::new(),
+        position: 0,
+    })
+}
+
+/// The unpacker's side of [`decompress_on_thread`].
+struct InflatedReader {
+    receiver: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    position: usize,
+}
+
+impl Read for InflatedReader {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        while self.position == self.current.len() {
+            match self.receiver.recv() {
+                Ok(Ok(chunk)) => {
+                    self.current = chunk;
+                    self.position = 0;
+                }
+                Ok(Err(error)) => return Err(error),
+                // The inflating thread finished: end of stream.
+                Err(_) => return Ok(0),
+            }
+        }
+        let length = buffer.len().min(self.current.len() - self.position);
+        buffer[..length].copy_from_slice(&self.current[self.position..self.position + length]);
+        self.position += length;
+        Ok(length)
+    }
+}
+
+/// A reader that fails once with the error it holds.
+struct FailingReader(Option<std::io::Error>);
+
+impl Read for FailingReader {
+    fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+        match self.0.take() {
+            Some(error) => Err(error),
+            None => Ok(0),
+        }
     }
 }
 

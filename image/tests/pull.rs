@@ -281,3 +281,111 @@ fn resolver_falls_back_to_the_registry() {
         Err(kiln_frontend::resolver::ResolveError::NotFound { .. })
     ));
 }
+
+#[test]
+fn a_layer_downloading_before_its_parent_is_committed_joins_the_unpacker_late() {
+    use kiln_testsupport::{Fault, FaultProxy, ImageBuilder, LayerBuilder};
+    let registry = TestRegistry::start();
+    let runtime = kiln_testsupport::runtime();
+    let mut bottom = LayerBuilder::new();
+    bottom.file("bottom", b"first\n", 0o644);
+    // Incompressible: xorshift64.
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let data: Vec<u8> = (0..3 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let mut top = LayerBuilder::new();
+    top.file("top.bin", &data, 0o644);
+    let image = ImageBuilder::new()
+        .layer_tar(bottom.finish())
+        .layer_tar(top.finish())
+        .build();
+    let reference = registry.reference("late:1");
+    runtime
+        .block_on(image.push(&registry.client(), &reference))
+        .unwrap();
+    let proxy = FaultProxy::start(registry.address()).unwrap();
+    // The bottom layer arrives after a short delay, the top one slowly: the top layer's
+    // download starts before its parent is committed and goes on well after.
+    proxy.inject(
+        Some("GET"),
+        &format!("/blobs/{}", image.layers[0].descriptor.digest),
+        Fault::Slow {
+            bytes_per_second: 1 << 20,
+        },
+        1,
+    );
+    proxy.inject(
+        Some("GET"),
+        &format!("/blobs/{}", image.layers[1].descriptor.digest),
+        Fault::Slow {
+            bytes_per_second: 4 << 20,
+        },
+        1,
+    );
+    let through_proxy =
+        kiln_image::parse_reference(&format!("{}/late:1", proxy.address())).unwrap();
+    let (_directory, store) = new_store();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let progress = {
+        let events = events.clone();
+        Progress::new(move |event| events.lock().unwrap().push(event))
+    };
+    let pulled = runtime
+        .block_on(pull(
+            &store,
+            &registry.client(),
+            &through_proxy,
+            &PullOptions::default(),
+            &progress,
+        ))
+        .unwrap();
+    let top_states: Vec<LayerState> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|event| match event {
+            PullEvent::Layer {
+                index: 1, state, ..
+            } => Some(*state),
+            _ => None,
+        })
+        .collect();
+    let joined = top_states.iter().position(|state| {
+        matches!(
+            state,
+            LayerState::Downloading {
+                unpacking: true,
+                ..
+            }
+        )
+    });
+    let started_alone = top_states.iter().position(|state| {
+        matches!(
+            state,
+            LayerState::Downloading {
+                unpacking: false,
+                ..
+            }
+        )
+    });
+    assert!(
+        matches!((started_alone, joined), (Some(alone), Some(join)) if alone < join),
+        "{top_states:?}"
+    );
+    assert!(
+        !top_states.contains(&LayerState::Extracting),
+        "{top_states:?}"
+    );
+    let fs = store.snapshotter().fs_dir(&pulled.snapshots[1]);
+    assert_eq!(std::fs::read(fs.join("top.bin")).unwrap(), data);
+    assert_eq!(
+        store.snapshotter().chain(&pulled.snapshots[1]).unwrap(),
+        vec![pulled.snapshots[1].clone(), pulled.snapshots[0].clone()]
+    );
+}
