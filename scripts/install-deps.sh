@@ -10,6 +10,7 @@ packages=(
   iproute2         # ip, for network namespace checks
   zstd
   gcc              # C compiler for the SQLite that rusqlite bundles (kiln-snapshotter metadata)
+  python3          # reads xattrs in the image end-to-end tests (cli/tests/image_pull.rs)
 )
 
 missing=()
