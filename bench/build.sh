@@ -41,6 +41,17 @@ edit_one_file() {
 
 kiln_build() { "$KILN" build --root "$ROOT" --progress plain -t "bench-kiln/$1:latest" "$2"; }
 bk_build() { DOCKER_BUILDKIT=1 "$DOCKER" build --network=host --progress=plain -t "bench-kiln/$1:latest" "$2"; }
+image_id() { "$DOCKER" image inspect -f '{{.Id}}' "$1" 2>/dev/null || true; }
+
+# timed_bk CASE-LABEL ROUND NAME CTX: a timed BuildKit build; the image it replaces under the
+# tag (left dangling by a changed build) is removed afterwards, untimed.
+timed_bk() {
+  local label=$1 round=$2 name=$3 ctx=$4 old new
+  old=$(image_id "bench-kiln/$name:latest")
+  timed "$TSV" buildkit "$label" "$round" "$LOG" -- bk_build "$name" "$ctx"
+  new=$(image_id "bench-kiln/$name:latest")
+  if [[ -n $old && $old != "$new" ]]; then "$DOCKER" rmi "$old" >/dev/null 2>&1 || true; fi
+}
 
 # run_kiln CASE ROUND: cold (fresh store, base image pulled untimed), no-change rebuild,
 # and for big-context a one-file-change rebuild; the big-context cold build also records
@@ -76,11 +87,11 @@ run_bk() {
   "$DOCKER" rmi -f "bench-kiln/$name:latest" >/dev/null 2>&1 || true
   "$DOCKER" builder prune -af >>"$LOG" 2>&1
   echo "== buildkit $name round $round" >>"$LOG"
-  timed "$TSV" buildkit "$name cold" "$round" "$LOG" -- bk_build "$name" "$ctx"
-  timed "$TSV" buildkit "$name rebuild" "$round" "$LOG" -- bk_build "$name" "$ctx"
+  timed_bk "$name cold" "$round" "$name" "$ctx"
+  timed_bk "$name rebuild" "$round" "$name" "$ctx"
   if [[ $name == big-context ]]; then
     edit_one_file buildkit
-    timed "$TSV" buildkit "$name one-file" "$round" "$LOG" -- bk_build "$name" "$ctx"
+    timed_bk "$name one-file" "$round" "$name" "$ctx"
   fi
 }
 
@@ -90,6 +101,7 @@ run_bk() {
 echo "bench: results in $OUT; load at start: $(cat /proc/loadavg)" | tee "$OUT/load.txt"
 "$KILN" --version >>"$OUT/load.txt" 2>&1 || true
 for round in $(seq 1 "$ROUNDS"); do
+  ensure_lab
   for name in $CASES; do
     if ((round % 2)); then
       run_kiln "$name" "$round"

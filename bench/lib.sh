@@ -28,12 +28,15 @@ now_ns() { date +%s%N; }
 # load1: the 1-minute load average.
 load1() { cut -d' ' -f1 /proc/loadavg; }
 
-# timed OUT_TSV ENGINE CASE ROUND LOG -- CMD...: runs CMD (stdout+stderr to LOG), appends
+# timed OUT_TSV ENGINE CASE ROUND LOG -- CMD...: `sync`, then runs CMD (stdout+stderr to LOG), appends
 # "ENGINE CASE ROUND MS LOAD" to OUT_TSV, fails the script if CMD fails.
 timed() {
   local out=$1 engine=$2 case=$3 round=$4 log=$5
   shift 6
   local load start end
+  # write back what earlier commands (either engine's) left dirty, so that it does not
+  # slow this command's fsyncs
+  sync
   load=$(load1)
   start=$(now_ns)
   if ! "$@" >>"$log" 2>&1; then
