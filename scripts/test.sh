@@ -7,5 +7,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 ./scripts/install-deps.sh
+# no incremental cache: CI builds once from a clean clone, and it would double the target dir
+export CARGO_INCREMENTAL=0
 cargo build --workspace --all-targets
 cargo test --workspace --no-fail-fast
