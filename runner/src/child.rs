@@ -118,6 +118,17 @@ pub(crate) enum PlannedKind {
     Tmpfs {
         data: CString,
     },
+    /// A file written by the child into its own tmpfs (mounted on `ChildPlan::files_dir` in the
+    /// child's mount namespace only, so the bytes never reach a disk and vanish with the
+    /// sandbox), then bound read-only onto the target.
+    File {
+        /// `<files_dir>/<n>`
+        source: CString,
+        contents: Vec<u8>,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
 }
 
 pub(crate) struct PlannedMount {
@@ -144,6 +155,9 @@ pub(crate) struct ChildPlan {
     pub loopback_up: bool,
     pub readonly_rootfs: bool,
     pub mounts: Vec<PlannedMount>,
+    /// An empty host directory the child mounts its file-mount tmpfs on (see
+    /// [`PlannedKind::File`]).
+    pub files_dir: CString,
     pub workdir: CString,
     pub workdir_prefixes: Vec<CString>,
     pub uid: u32,
@@ -567,7 +581,64 @@ unsafe fn setup_dev(plan: &ChildPlan, devfd: c_int, index: u32) {
     }
 }
 
+/// Mounts the tmpfs for file mounts on `plan.files_dir` (in this mount namespace only) and
+/// writes one file there; fails the child on any error.
+unsafe fn write_file_mount(
+    plan: &ChildPlan,
+    index: u32,
+    files_mounted: &mut bool,
+    source: &CString,
+    contents: &[u8],
+    owner: (u32, u32),
+    mode: u32,
+) {
+    // SAFETY: raw syscalls on prepared strings and buffers
+    unsafe {
+        if !*files_mounted {
+            if libc::mount(
+                c"tmpfs".as_ptr(),
+                plan.files_dir.as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                c"mode=700".as_ptr().cast(),
+            ) < 0
+            {
+                fail(plan, Stage::Mount, index, errno());
+            }
+            *files_mounted = true;
+        }
+        let fd = libc::open(
+            source.as_ptr(),
+            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            0o600,
+        );
+        if fd < 0 {
+            fail(plan, Stage::Mount, index, errno());
+        }
+        let mut written = 0usize;
+        while written < contents.len() {
+            let result = libc::write(
+                fd,
+                contents[written..].as_ptr().cast(),
+                contents.len() - written,
+            );
+            if result < 0 {
+                if errno() == libc::EINTR {
+                    continue;
+                }
+                fail(plan, Stage::Mount, index, errno());
+            }
+            written += result as usize;
+        }
+        if libc::fchown(fd, owner.0, owner.1) < 0 || libc::fchmod(fd, mode & 0o7777) < 0 {
+            fail(plan, Stage::Mount, index, errno());
+        }
+        libc::close(fd);
+    }
+}
+
 unsafe fn do_mounts(plan: &ChildPlan, rootfd: c_int) {
+    let mut files_mounted = false;
     for (position, planned) in plan.mounts.iter().enumerate() {
         let index = position as u32;
         // SAFETY: raw syscalls on prepared data
@@ -610,6 +681,30 @@ unsafe fn do_mounts(plan: &ChildPlan, rootfd: c_int) {
                     libc::MS_BIND | libc::MS_REC,
                     ptr::null(),
                 ),
+                PlannedKind::File {
+                    source,
+                    contents,
+                    mode,
+                    uid,
+                    gid,
+                } => {
+                    write_file_mount(
+                        plan,
+                        index,
+                        &mut files_mounted,
+                        source,
+                        contents,
+                        (*uid, *gid),
+                        *mode,
+                    );
+                    mount_at(
+                        source.as_ptr(),
+                        &target,
+                        ptr::null(),
+                        libc::MS_BIND,
+                        ptr::null(),
+                    )
+                }
             };
             if result < 0 {
                 fail(plan, Stage::Mount, index, errno());
@@ -621,7 +716,7 @@ unsafe fn do_mounts(plan: &ChildPlan, rootfd: c_int) {
                     setup_dev(plan, devfd, index);
                     libc::close(devfd);
                 }
-                PlannedKind::Bind { readonly: true, .. } => {
+                PlannedKind::Bind { readonly: true, .. } | PlannedKind::File { .. } => {
                     let mounted = reopen_target(plan, rootfd, index, planned);
                     if mount_setattr_readonly(mounted, true) < 0 {
                         fail(plan, Stage::MountReadonly, index, errno());

@@ -633,32 +633,28 @@ impl Sandbox {
                 None => std::fs::read("/etc/resolv.conf").unwrap_or_default(),
             };
             let hostname_file = format!("{}\n", spec.hostname).into_bytes();
+            // file mounts are written by the child into a tmpfs of its own (never on disk)
+            let files_dir = resources.state.path().join("files");
             let mut file_count = 0usize;
             let mut file_mount =
-                |contents: &[u8], mode: u32, resources: &Resources| -> Result<CString> {
+                |contents: &[u8], mode: u32, owner: (u32, u32)| -> Result<PlannedKind> {
                     file_count += 1;
-                    let path = resources
-                        .state
-                        .write_file(&format!("file-{file_count}"), contents, mode)
-                        .map_err(|e| SandboxError::io("writing a file mount", e))?;
-                    cstring("file mount source", &path.to_string_lossy())
+                    let source = files_dir.join(file_count.to_string());
+                    Ok(PlannedKind::File {
+                        source: cstring("file mount source", &source.to_string_lossy())?,
+                        contents: contents.to_vec(),
+                        mode,
+                        uid: owner.0,
+                        gid: owner.1,
+                    })
                 };
             for (target, contents) in [
                 ("/etc/hostname", &hostname_file),
                 ("/etc/hosts", &hosts),
                 ("/etc/resolv.conf", &resolv_conf),
             ] {
-                let source = file_mount(contents, 0o644, &resources)?;
-                add_mount(
-                    target,
-                    false,
-                    false,
-                    PlannedKind::Bind {
-                        source,
-                        readonly: true,
-                    },
-                    &mut stubs,
-                )?;
+                let kind = file_mount(contents, 0o644, (0, 0))?;
+                add_mount(target, false, false, kind, &mut stubs)?;
             }
             for mount in &spec.mounts {
                 match &mount.kind {
@@ -696,18 +692,14 @@ impl Sandbox {
                             &mut stubs,
                         )?;
                     }
-                    MountKind::File { contents, mode } => {
-                        let source = file_mount(contents, *mode, &resources)?;
-                        add_mount(
-                            &mount.target,
-                            false,
-                            false,
-                            PlannedKind::Bind {
-                                source,
-                                readonly: true,
-                            },
-                            &mut stubs,
-                        )?;
+                    MountKind::File {
+                        contents,
+                        mode,
+                        uid,
+                        gid,
+                    } => {
+                        let kind = file_mount(contents, *mode, (*uid, *gid))?;
+                        add_mount(&mount.target, false, false, kind, &mut stubs)?;
                     }
                 }
             }
@@ -843,6 +835,10 @@ impl Sandbox {
             loopback_up: spec.network == Network::None,
             readonly_rootfs: spec.readonly_rootfs,
             mounts,
+            files_dir: cstring(
+                "file mount directory",
+                &resources.state.path().join("files").to_string_lossy(),
+            )?,
             workdir: cstring("working directory", &workdir)?,
             workdir_prefixes,
             uid: user.uid,

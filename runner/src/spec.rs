@@ -124,8 +124,14 @@ pub enum MountKind {
     Bind { source: PathBuf, readonly: bool },
     /// A fresh tmpfs.
     Tmpfs { size_bytes: Option<u64>, mode: u32 },
-    /// A read-only file with the given contents (secrets, generated config).
-    File { contents: Vec<u8>, mode: u32 },
+    /// A read-only file with the given contents, mode and owner (secrets, generated
+    /// config). It lives in memory (a memfd), never on disk.
+    File {
+        contents: Vec<u8>,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
 }
 
 /// cgroup limits. `None` means unlimited.

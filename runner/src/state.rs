@@ -67,6 +67,10 @@ impl StateDirectory {
     pub(crate) fn create(state_dir: &Path, id: &str) -> io::Result<Self> {
         let path = state_dir.join(id);
         fs::DirBuilder::new().mode(0o700).create(&path)?;
+        // the child mounts its tmpfs for file mounts here (in its own mount namespace)
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(path.join("files"))?;
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -90,25 +94,9 @@ impl StateDirectory {
         fs::rename(&temporary, self.path.join("state.json"))
     }
 
-    /// Writes the contents of a file mount and returns its path.
-    pub(crate) fn write_file(&self, name: &str, contents: &[u8], mode: u32) -> io::Result<PathBuf> {
-        let directory = self.path.join("files");
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&directory)?;
-        let path = directory.join(name);
-        let file = OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .mode(mode & 0o7777)
-            .open(&path)?;
-        std::io::Write::write_all(&mut &file, contents)?;
-        fs::set_permissions(
-            &path,
-            std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777),
-        )?;
-        Ok(path)
+    /// This sandbox's directory.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
     }
 
     pub(crate) fn remove(&self) -> io::Result<()> {

@@ -130,7 +130,7 @@ fn caller_mounts() {
         rootfs.path(),
         "cat /shared/in; echo; echo out > /shared/out; cat /ro/ro-file; echo; touch /ro/x 2>/dev/null || echo ro-refused; \
          cat /etc/single; echo; stat -c '%a' /scratch; df -k /scratch | awk 'NR==2 {print $2}'; \
-         cat /run/secrets/token; echo; stat -c '%a' /run/secrets/token; echo y > /run/secrets/token 2>/dev/null || echo secret-ro",
+         cat /run/secrets/token; echo; stat -c '%a %u:%g' /run/secrets/token; awk '$2 == \"/run/secrets/token\" {print $3}' /proc/mounts; echo y > /run/secrets/token 2>/dev/null || echo secret-ro",
     );
     spec.mounts = vec![
         Mount {
@@ -166,6 +166,8 @@ fn caller_mounts() {
             kind: MountKind::File {
                 contents: b"s3cret".to_vec(),
                 mode: 0o400,
+                uid: 1000,
+                gid: 1001,
             },
         },
     ];
@@ -173,7 +175,7 @@ fn caller_mounts() {
     assert!(out.status.success(), "{}", out.stderr);
     assert_eq!(
         out.stdout,
-        "from-host\nro\nro-refused\nsingle-file\n1777\n4096\ns3cret\n400\nsecret-ro\n"
+        "from-host\nro\nro-refused\nsingle-file\n1777\n4096\ns3cret\n400 1000:1001\ntmpfs\nsecret-ro\n"
     );
     assert_eq!(
         fs::read_to_string(shared.path().join("out")).unwrap(),
@@ -200,6 +202,8 @@ fn mount_targets_inside_a_tmpfs_mount() {
             kind: MountKind::File {
                 contents: b"nested".to_vec(),
                 mode: 0o444,
+                uid: 0,
+                gid: 0,
             },
         },
     ];

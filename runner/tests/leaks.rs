@@ -79,6 +79,8 @@ fn two_hundred_sandboxes_leak_nothing() {
                 kind: MountKind::File {
                     contents: b"x".to_vec(),
                     mode: 0o444,
+                    uid: 0,
+                    gid: 0,
                 },
             },
         ];

@@ -350,6 +350,8 @@ fn stub_cleanup_does_not_follow_planted_symlinks() {
             kind: MountKind::File {
                 contents: b"x".to_vec(),
                 mode: 0o444,
+                uid: 0,
+                gid: 0,
             },
         },
     ];

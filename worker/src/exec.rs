@@ -211,6 +211,8 @@ async fn prepare_mount(
                 kind: kiln_runner::MountKind::File {
                     contents: contents.clone(),
                     mode: secret.mode,
+                    uid: secret.uid,
+                    gid: secret.gid,
                 },
             },
             None if secret.required => {
