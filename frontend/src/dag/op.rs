@@ -82,7 +82,7 @@ pub enum SourceOp {
 pub struct ImageSource {
     /// The reference as the Dockerfile wrote it after expansion (`alpine:3.20`). Not digested:
     /// `reference` carries the same information.
-    #[serde(default, skip_serializing_if = "super::skip_in_digest_if_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub written: String,
     /// The fully qualified reference (`docker.io/library/alpine:3.20`, or with `@sha256:...`).
     pub reference: String,
@@ -159,7 +159,7 @@ pub struct ExecOp {
     pub secret_env: Vec<SecretEnv>,
     /// Proxy variables from `--build-arg` (HTTP_PROXY ...) that no ARG declared: added to the
     /// process environment but NOT digested, so changing a proxy does not bust the cache.
-    #[serde(default, skip_serializing_if = "super::skip_in_digest_if_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub proxy_env: Vec<String>,
 }
 
