@@ -204,11 +204,8 @@ pub fn source_date_epoch_from_env() -> anyhow::Result<Option<i64>> {
 
 /// The layer options of the build's image, and of its cache's layers (the same, so each
 /// snapshot is compressed once and the cache shares the image's blobs).
-pub fn layer_options(converted: &ConvertResult) -> LayerOptions {
-    LayerOptions {
-        source_date_epoch: converted.source_date_epoch,
-        ..LayerOptions::default()
-    }
+pub fn layer_options(converted: &ConvertResult, args: &BuildArgs) -> anyhow::Result<LayerOptions> {
+    crate::commands::build_output::store_layer_options(&args.outputs, converted.source_date_epoch)
 }
 
 fn warn(message: &str) {
@@ -648,7 +645,7 @@ async fn export_one(
 ) -> anyhow::Result<Option<BuiltImage>> {
     let worker = inputs.worker;
     let store = worker.store();
-    let options = layer_options(inputs.converted);
+    let options = layer_options(inputs.converted, inputs.args)?;
     let platform = inputs.converted.target_stage().platform.clone();
     let (stored_layers, mount_from) =
         tokio::task::block_in_place(|| stored_image_layers(store, &platform));

@@ -40,6 +40,13 @@ pub enum ExportError {
     /// A base layer blob is not in the content store.
     #[error("base image layer {digest} is not in the content store")]
     BaseLayerMissing { digest: Digest },
+    /// A layer's uncompressed bytes do not hash to the diffID the image lists for it.
+    #[error("layer {layer} has diffID {found}, the image lists {expected}")]
+    DiffIdMismatch {
+        layer: Digest,
+        expected: Digest,
+        found: Digest,
+    },
     /// JSON could not be written or read.
     #[error("{document} is not valid JSON: {message}")]
     Json { document: String, message: String },

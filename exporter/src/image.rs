@@ -43,8 +43,10 @@ impl BuiltImage {
 /// on top of `base`, and stores the config and manifest. `config` is the image config and
 /// history prepared by the caller (base history first, then one entry per build step);
 /// `rootfs` is filled here. Empty layers are left out and their history entries marked
-/// `empty_layer`. With SOURCE_DATE_EPOCH, `created` and every later history time become the
-/// epoch, and file times in new layers are clamped, so two builds give the same digests.
+/// `empty_layer`. With an epoch (`options.source_date_epoch` or `config_epoch`), `created`
+/// and every later history time become the epoch; with `source_date_epoch` file times in new
+/// layers are clamped too, so two builds give the same digests. Base layers are used as
+/// they are (recompress them first with [`LayerExporter::convert_layer`] if wanted).
 /// Docker media types unless `options.oci_media_types` (or zstd layers, which only OCI
 /// types describe). Everything stored is added to `lease`; nothing is tagged.
 pub fn build_image(
@@ -104,7 +106,7 @@ pub fn build_image(
         &new_layers,
         config.rootfs.diff_ids.len(),
     );
-    if let Some(epoch) = options.source_date_epoch {
+    if let Some(epoch) = options.image_epoch() {
         clamp_times(&mut config, epoch);
     }
 

@@ -8,10 +8,12 @@
 
 use std::fs;
 
-use kiln_snapshotter::archive::{write_layer_from_upper, DiffOptions};
+use std::io;
+
+use kiln_snapshotter::archive::{decompressing_reader, write_layer_from_upper, DiffOptions};
 use kiln_snapshotter::{LayerBlobRecord, Lease, SnapshotId, SnapshotKind, Store};
 use kiln_types::media_type::{self, Compression};
-use kiln_types::{Descriptor, Digest};
+use kiln_types::{Descriptor, Digest, Sha256Writer};
 
 use crate::compress::{default_threads, effective_level, LayerCompressor};
 use crate::error::{ExportError, Result};
@@ -25,8 +27,13 @@ pub struct LayerOptions {
     pub compression: Compression,
     /// gzip 0-9 (default 6), zstd 1-22 (default 3); ignored when uncompressed.
     pub level: Option<i32>,
-    /// SOURCE_DATE_EPOCH: file times newer than this are clamped to it.
+    /// SOURCE_DATE_EPOCH: file times in new layers newer than this are clamped to it
+    /// (BuildKit's `rewrite-timestamp=true`), and so are the image's times.
     pub source_date_epoch: Option<i64>,
+    /// SOURCE_DATE_EPOCH for the image config's `created` and history times only, file
+    /// times left as they are (BuildKit without `rewrite-timestamp`). `source_date_epoch`
+    /// implies it.
+    pub config_epoch: Option<i64>,
     /// OCI layer media types instead of Docker's (zstd layers always get OCI's).
     pub oci_media_types: bool,
 }
@@ -38,6 +45,7 @@ impl Default for LayerOptions {
             compression: Compression::Gzip,
             level: None,
             source_date_epoch: None,
+            config_epoch: None,
             oci_media_types: false,
         }
     }
@@ -62,6 +70,21 @@ impl LayerOptions {
     /// The layer media type for this compression and style.
     pub fn media_type(&self) -> &'static str {
         layer_media_type(self.compression, self.oci_media_types)
+    }
+
+    /// The epoch the image config's times are clamped to.
+    pub fn image_epoch(&self) -> Option<i64> {
+        self.source_date_epoch.or(self.config_epoch)
+    }
+
+    /// The variant a recompressed existing layer is recorded under: compression and level
+    /// only (its file times are the layer's own).
+    fn conversion_variant(&self) -> String {
+        LayerOptions {
+            source_date_epoch: None,
+            ..*self
+        }
+        .variant()
     }
 }
 
@@ -195,5 +218,81 @@ impl LayerExporter {
             empty: empty || stats.entries == 0,
             reused: false,
         })
+    }
+
+    /// An existing layer blob (a base image's, say) recompressed as `options` says, for
+    /// BuildKit's `force-compression`: decompressed, its diffID checked on the way, and
+    /// compressed again in one streaming pass, so the diffID is unchanged. A layer already
+    /// in that compression (at any level), or of a type kiln cannot convert (foreign
+    /// layers), is returned as it is. With `snapshot` (the layer's unpacked snapshot) the
+    /// result is recorded like an export of that snapshot and reused next time. The blob
+    /// is added to `lease`.
+    pub fn convert_layer(
+        &self,
+        lease: &Lease,
+        layer: &Descriptor,
+        diff_id: &Digest,
+        snapshot: Option<&SnapshotId>,
+        options: &LayerOptions,
+    ) -> Result<Descriptor> {
+        let foreign = matches!(
+            layer.media_type.as_str(),
+            media_type::DOCKER_LAYER_FOREIGN_GZIP | media_type::OCI_LAYER_NONDISTRIBUTABLE_GZIP
+        );
+        let Some(compression) = media_type::layer_compression(&layer.media_type) else {
+            return Ok(layer.clone());
+        };
+        if foreign || compression == options.compression {
+            return Ok(layer.clone());
+        }
+        let media_type = options.media_type();
+        let variant = options.conversion_variant();
+        if let Some(snapshot) = snapshot {
+            if let Some(found) = self.store.layer_blob(snapshot, &variant)? {
+                lease.protect_blob(&found.digest)?;
+                if found.diff_id == *diff_id && self.store.content().exists(&found.digest) {
+                    return Ok(Descriptor::new(media_type, found.digest, found.size));
+                }
+            }
+        }
+        lease.protect_blob(&layer.digest)?;
+        let source = self.store.content().open(&layer.digest)?;
+        let mut reader =
+            decompressing_reader(io::BufReader::with_capacity(1 << 20, source), compression)
+                .map_err(|error| {
+                    ExportError::io(format!("decompressing layer {}", layer.digest), error)
+                })?;
+        let blob = self.store.content().writer(lease, None)?;
+        let compressor =
+            LayerCompressor::new(blob, options.compression, options.level, self.threads)
+                .map_err(|error| ExportError::io("starting the layer compressor", error))?;
+        let mut hashing = Sha256Writer::new(compressor);
+        io::copy(&mut reader, &mut hashing).map_err(|error| {
+            ExportError::io(format!("recompressing layer {}", layer.digest), error)
+        })?;
+        let (found_diff_id, uncompressed_size, compressor) = hashing.finish();
+        if found_diff_id != *diff_id {
+            return Err(ExportError::DiffIdMismatch {
+                layer: layer.digest.clone(),
+                expected: diff_id.clone(),
+                found: found_diff_id,
+            });
+        }
+        let blob = compressor
+            .finish()
+            .map_err(|error| ExportError::io("compressing the layer", error))?;
+        let (digest, size) = blob.commit()?;
+        if let Some(snapshot) = snapshot {
+            let record = LayerBlobRecord {
+                media_type: media_type.to_string(),
+                digest: digest.clone(),
+                size,
+                diff_id: diff_id.clone(),
+                uncompressed_size,
+                created_unix: 0,
+            };
+            self.store.put_layer_blob(snapshot, &variant, &record)?;
+        }
+        Ok(Descriptor::new(media_type, digest, size))
     }
 }

@@ -8,10 +8,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
-use kiln_frontend::convert::{convert, ConvertOptions, ConvertResult, StageBase};
+use kiln_frontend::convert::{convert, ConvertOptions};
 use kiln_frontend::dag;
 use kiln_registry::{ClientOptions, RegistryClient};
-use kiln_snapshotter::{SnapshotId, Store};
+use kiln_snapshotter::Store;
 use kiln_solver::{CancellationToken, EventKind, EventSink, SolveOptions, Solver};
 use kiln_types::Platform;
 use kiln_worker::{BuildSettings, BuildWorker, ImageSources, Value};
@@ -36,9 +36,12 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             args.context.display()
         );
     }
+    let outputs = super::build_output::parse_outputs(&args.outputs)?;
+    let stored_export = super::build_output::store_export(&outputs)?;
     let tags = args
         .tags
         .iter()
+        .chain(&super::build_output::output_names(&outputs))
         .map(|tag| kiln_image::normalize_name(tag).with_context(|| format!("invalid tag {tag:?}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let push_after_build = super::push::build_wants_push(args.push, &args.outputs)?;
@@ -221,7 +224,15 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         Value::Context { .. } => bail!("the target stage is the build context itself"),
     };
     crate::build_cache::prepare_base_image(&worker, &converted, &client).await;
-    let built = tokio::task::block_in_place(|| export_image(&worker, &converted, top.as_ref()))?;
+    for warning in super::build_output::warnings(&outputs, converted.source_date_epoch) {
+        write_stderr(&format!("warning: {warning}\n"));
+    }
+    let plan = tokio::task::block_in_place(|| {
+        super::build_output::ImagePlan::new(worker.store(), &converted, top.as_ref())
+    })?;
+    let built = tokio::task::block_in_place(|| {
+        plan.build_stored(worker.store(), worker.lease(), &stored_export)
+    })?;
     let built = crate::build_cache::export_caches(
         crate::build_cache::ExportInputs {
             args: &args,
@@ -244,13 +255,15 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         }
     }
     write_stderr(&out);
-    let archive_outputs = super::build_output::parse_outputs(&args.outputs)?;
     tokio::task::block_in_place(|| {
         super::build_output::write_archives(
             worker.store(),
-            &archive_outputs,
+            worker.lease(),
+            &plan,
+            &outputs,
             &tags,
-            &built.manifest_descriptor,
+            &built,
+            &stored_export,
         )
     })?;
     if push_after_build {
@@ -335,87 +348,4 @@ fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
             .any(|entitlement| entitlement == "security.insecure"),
         record_listings: args.explain_cache,
     })
-}
-
-/// The target stage as an image: the base image's layers as they are, then one layer per
-/// step's snapshot.
-fn export_image(
-    worker: &BuildWorker,
-    converted: &ConvertResult,
-    top: Option<&SnapshotId>,
-) -> anyhow::Result<kiln_exporter::BuiltImage> {
-    let store = worker.store();
-    let stage = &converted.stages[converted.target_stage];
-    let mut chain = match top {
-        Some(top) => store.snapshotter().chain(top)?,
-        None => Vec::new(),
-    };
-    chain.reverse();
-    // Follow FROM <stage> links down to the image (or scratch) the target starts from.
-    let mut base = &stage.base;
-    let mut seen = 0;
-    while let StageBase::Stage(index) = base {
-        base = &converted.stages[*index].base;
-        seen += 1;
-        if seen > converted.stages.len() {
-            break;
-        }
-    }
-    let mut base_image = None;
-    let mut base_count = 0;
-    if let StageBase::Image { reference, .. } = base {
-        let name = kiln_image::normalize_name(reference)?;
-        if let Some(record) = store.image(&name)? {
-            let resolved = store.resolve_layers(&record.target, &stage.platform)?;
-            let matches = resolved.layers.len() <= chain.len()
-                && resolved
-                    .layers
-                    .iter()
-                    .zip(&chain)
-                    .all(|(layer, snapshot)| layer.snapshot.as_ref() == Some(snapshot));
-            if matches {
-                base_count = resolved.layers.len();
-                base_image = Some(kiln_exporter::BaseImage {
-                    layers: resolved
-                        .layers
-                        .iter()
-                        .map(|layer| layer.descriptor.clone())
-                        .collect(),
-                    diff_ids: resolved
-                        .layers
-                        .iter()
-                        .map(|layer| layer.diff_id.clone())
-                        .collect(),
-                });
-            }
-        }
-    }
-    let mut config = stage.image.clone();
-    if base_image.is_none() {
-        // Every layer is exported anew: the history must not claim base layers.
-        config
-            .history
-            .retain(|entry| entry.comment.as_deref() == Some("buildkit") || entry.empty_layer);
-    }
-    let options = crate::build_cache::layer_options(converted);
-    let built = kiln_exporter::build_image(
-        store,
-        worker.lease(),
-        &chain[base_count..],
-        base_image.as_ref(),
-        config,
-        &options,
-    )?;
-    // Each new layer's snapshot becomes findable under the image's chain id, so the image can
-    // be run (and used as a base) straight from the store.
-    let chain_ids = kiln_snapshotter::chain_ids(&built.config.rootfs.diff_ids);
-    let non_empty = chain[base_count..]
-        .iter()
-        .zip(&built.new_layers)
-        .filter(|(_, layer)| !layer.empty)
-        .map(|(snapshot, _)| snapshot);
-    for (snapshot, chain_id) in non_empty.zip(chain_ids.iter().skip(base_count)) {
-        store.snapshotter().add_key(snapshot, chain_id.as_str())?;
-    }
-    Ok(built)
 }

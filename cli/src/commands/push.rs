@@ -138,9 +138,12 @@ pub fn line_progress() -> kiln_exporter::PushProgress {
 pub fn build_wants_push(push_flag: bool, outputs: &[String]) -> anyhow::Result<bool> {
     let parsed = super::build_output::parse_outputs(outputs)?;
     Ok(push_flag
-        || parsed
-            .iter()
-            .any(|output| *output == super::build_output::BuildOutput::Image { push: true }))
+        || parsed.iter().any(|output| {
+            matches!(
+                output,
+                super::build_output::BuildOutput::Image { push: true, .. }
+            )
+        }))
 }
 
 /// After a build: pushes every tag (`kiln build --push`), printing each digest line.
