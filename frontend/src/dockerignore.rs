@@ -662,6 +662,9 @@ pub fn clean_path(path: &str) -> String {
     if path.is_empty() {
         return ".".to_string();
     }
+    if is_clean(path) {
+        return path.to_string();
+    }
     let rooted = path.starts_with('/');
     let mut names: Vec<&str> = Vec::new();
     for name in path.split('/') {
@@ -685,6 +688,19 @@ pub fn clean_path(path: &str) -> String {
     }
 }
 
+/// Whether [`clean_path`] would give `path` back unchanged: `/`, or names (after one leading
+/// `/` if any) that are neither empty, `.` nor `..`.
+fn is_clean(path: &str) -> bool {
+    if path == "/" {
+        return true;
+    }
+    let names = path.strip_prefix('/').unwrap_or(path);
+    !names.is_empty()
+        && names
+            .split('/')
+            .all(|name| !name.is_empty() && name != "." && name != "..")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -702,6 +718,18 @@ mod tests {
             ("/", "/"),
             ("a/..", "."),
             ("../../x/..", "../.."),
+            ("/a/b", "/a/b"),
+            ("a/b", "a/b"),
+            ("//a", "/a"),
+            ("/a/./b", "/a/b"),
+            ("/a/b/.", "/a/b"),
+            ("/a/b/..", "/a"),
+            ("a/.../b", "a/.../b"),
+            (".", "."),
+            ("..", ".."),
+            ("/.", "/"),
+            ("/..", "/"),
+            (".a/b.", ".a/b."),
         ] {
             assert_eq!(clean_path(input), expected, "{input}");
         }

@@ -10,7 +10,7 @@ mod encode;
 pub mod op;
 pub mod print;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -132,67 +132,61 @@ impl Definition {
     /// Like [`Definition::reachable_from`], without copying the ops.
     pub fn into_reachable_from(self, roots: &[Input]) -> Definition {
         let needed = self.needed(roots);
-        if needed.len() == self.vertices.len() {
+        if needed.iter().all(|&needed| needed) {
             return self;
         }
         let vertices: Vec<Vertex> = self
             .vertices
             .into_iter()
-            .filter(|vertex| needed.contains(&vertex.digest))
+            .zip(needed)
+            .filter_map(|(vertex, needed)| needed.then_some(vertex))
             .collect();
-        let positions = vertices
-            .iter()
-            .enumerate()
-            .map(|(position, vertex)| (vertex.digest.clone(), position))
-            .collect();
-        Definition {
-            vertices,
-            positions,
-        }
+        Definition::indexed(vertices)
     }
 
-    fn needed(&self, roots: &[Input]) -> HashSet<Digest> {
-        let mut needed: HashSet<Digest> = HashSet::new();
-        let mut stack: Vec<&Digest> = roots.iter().map(|input| &input.digest).collect();
-        while let Some(digest) = stack.pop() {
-            if needed.contains(digest) {
+    /// Which vertices (by position) the roots need. Inputs come before the ops that read
+    /// them, so one walk from the last vertex back marks every input of a needed op.
+    fn needed(&self, roots: &[Input]) -> Vec<bool> {
+        let mut needed = vec![false; self.vertices.len()];
+        for root in roots {
+            if let Some(position) = self.position(&root.digest) {
+                needed[position] = true;
+            }
+        }
+        for position in (0..self.vertices.len()).rev() {
+            if !needed[position] {
                 continue;
             }
-            needed.insert(digest.clone());
-            if let Some(vertex) = self.get(digest) {
-                stack.extend(vertex.op.inputs.iter().map(|input| &input.digest));
+            for input in &self.vertices[position].op.inputs {
+                if let Some(input_position) = self.position(&input.digest) {
+                    needed[input_position] = true;
+                }
             }
         }
         needed
     }
 
-    /// The part of the definition the given outputs need, order kept.
-    pub fn reachable_from(&self, roots: &[Input]) -> Definition {
-        let mut needed: HashSet<&Digest> = HashSet::new();
-        let mut stack: Vec<&Digest> = roots.iter().map(|input| &input.digest).collect();
-        while let Some(digest) = stack.pop() {
-            if !needed.insert(digest) {
-                continue;
-            }
-            if let Some(vertex) = self.get(digest) {
-                stack.extend(vertex.op.inputs.iter().map(|input| &input.digest));
-            }
+    /// A definition of vertices known to be in order, with their positions indexed.
+    fn indexed(vertices: Vec<Vertex>) -> Definition {
+        let mut positions = HashMap::with_capacity(vertices.len());
+        for (position, vertex) in vertices.iter().enumerate() {
+            positions.insert(vertex.digest.clone(), position);
         }
-        let vertices: Vec<Vertex> = self
-            .vertices
-            .iter()
-            .filter(|vertex| needed.contains(&vertex.digest))
-            .cloned()
-            .collect();
-        let positions = vertices
-            .iter()
-            .enumerate()
-            .map(|(position, vertex)| (vertex.digest.clone(), position))
-            .collect();
         Definition {
             vertices,
             positions,
         }
+    }
+
+    /// The part of the definition the given outputs need, order kept.
+    pub fn reachable_from(&self, roots: &[Input]) -> Definition {
+        let vertices: Vec<Vertex> = self
+            .vertices
+            .iter()
+            .zip(self.needed(roots))
+            .filter_map(|(vertex, needed)| needed.then(|| vertex.clone()))
+            .collect();
+        Definition::indexed(vertices)
     }
 }
 

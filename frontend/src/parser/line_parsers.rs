@@ -68,17 +68,16 @@ pub(crate) fn split_blank_runs(text: &str, limit: Option<usize>) -> Vec<String> 
 }
 
 /// Splits a joined instruction line into its keyword (as written), its `--flags` and the rest.
-pub(crate) fn split_command(line: &str, escape: char) -> (String, Vec<String>, String) {
+pub(crate) fn split_command(line: &str, escape: char) -> (&str, Vec<String>, &str) {
     let trimmed = line.trim();
-    let mut pieces = split_blank_runs(trimmed, Some(2)).into_iter();
-    let command = pieces.next().unwrap_or_default();
-    match pieces.next() {
-        Some(rest) => {
-            let (arguments, flags) = extract_builder_flags(&rest, escape);
-            (command, flags, arguments.trim().to_string())
-        }
-        None => (command, Vec::new(), String::new()),
-    }
+    // Go's `Split(trimmed, 2)` on runs of blanks: the keyword, then all after the first run.
+    let Some(blank) = trimmed.find(is_blank) else {
+        return (trimmed, Vec::new(), "");
+    };
+    let command = &trimmed[..blank];
+    let rest = trimmed[blank..].trim_start_matches(is_blank);
+    let (arguments, flags) = extract_builder_flags(rest, escape);
+    (command, flags, arguments.trim())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -93,125 +92,95 @@ enum Phase {
 ///
 /// BuildKit reads this part byte by byte (so it mangles non-ASCII text in flags); kiln reads
 /// characters, which gives the same result for ASCII and keeps other text intact.
-fn extract_builder_flags(line: &str, escape: char) -> (String, Vec<String>) {
-    let characters: Vec<(usize, char)> = line.char_indices().collect();
-    let length = characters.len();
-    let byte_at = |index: usize| characters.get(index).map_or(line.len(), |&(byte, _)| byte);
+fn extract_builder_flags(line: &str, escape: char) -> (&str, Vec<String>) {
     let mut flags = Vec::new();
     let mut phase = Phase::Spaces;
     let mut word = String::new();
     let mut quote = '\0';
     let mut blank_ok = false;
-    let mut index = 0;
-    while index <= length {
-        let at_end = index == length;
-        let mut character = characters
-            .get(index)
-            .map_or('\0', |&(_, character)| character);
-        if phase == Phase::Spaces {
-            if at_end {
-                break;
-            }
-            if is_byte_space(character) {
-                index += 1;
-                continue;
-            }
-            let next_is_dash = characters
-                .get(index + 1)
-                .is_some_and(|&(_, next)| next == '-');
-            if character != '-' || !next_is_dash {
-                return (line[byte_at(index)..].to_string(), flags);
-            }
-            phase = Phase::Word;
-        }
-        if at_end {
-            if word != "--" && (blank_ok || !word.is_empty()) {
+    let mut characters = line.char_indices().peekable();
+    loop {
+        let Some((byte, mut character)) = characters.next() else {
+            // The end of the line ends the flag being read.
+            if phase != Phase::Spaces && word != "--" && (blank_ok || !word.is_empty()) {
                 flags.push(word);
             }
-            break;
+            return ("", flags);
+        };
+        if phase == Phase::Spaces {
+            if is_byte_space(character) {
+                continue;
+            }
+            let next_is_dash = characters.peek().is_some_and(|&(_, next)| next == '-');
+            if character != '-' || !next_is_dash {
+                return (&line[byte..], flags);
+            }
+            phase = Phase::Word;
         }
         if phase == Phase::Word {
             if is_byte_space(character) {
                 phase = Phase::Spaces;
                 if word == "--" {
-                    return (line[byte_at(index)..].to_string(), flags);
+                    return (&line[byte..], flags);
                 }
                 if blank_ok || !word.is_empty() {
                     flags.push(std::mem::take(&mut word));
                 }
-                word.clear();
                 blank_ok = false;
-                index += 1;
                 continue;
             }
             if character == '\'' || character == '"' {
                 quote = character;
                 blank_ok = true;
                 phase = Phase::Quote;
-                index += 1;
                 continue;
             }
             if character == escape {
-                if index + 1 == length {
-                    index += 1;
+                // An escape at the very end is dropped.
+                let Some((_, next)) = characters.next() else {
                     continue;
-                }
-                index += 1;
-                character = characters[index].1;
+                };
+                character = next;
             }
             word.push(character);
-            index += 1;
             continue;
         }
         // In a quote.
         if character == quote {
             phase = Phase::Word;
-            index += 1;
             continue;
         }
         if character == escape {
-            if index + 1 == length {
+            let Some((_, next)) = characters.next() else {
                 phase = Phase::Word;
-                index += 1;
                 continue;
-            }
-            index += 1;
-            character = characters[index].1;
+            };
+            character = next;
         }
         word.push(character);
-        index += 1;
     }
-    (String::new(), flags)
 }
 
 /// Splits on white space, keeping quotes and escapes (they are processed later, at expansion).
 pub fn parse_words(rest: &str, escape: char) -> Vec<String> {
-    let characters: Vec<char> = rest.chars().collect();
-    let length = characters.len();
+    let mut characters = rest.chars();
     let mut words = Vec::new();
     let mut phase = Phase::Spaces;
     let mut quote = '\0';
     let mut blank_ok = false;
     let mut word = String::new();
-    let mut index = 0;
-    while index <= length {
-        let at_end = index == length;
-        let mut character = characters.get(index).copied().unwrap_or('\0');
-        if phase == Phase::Spaces {
-            if at_end {
-                break;
+    loop {
+        let Some(mut character) = characters.next() else {
+            if phase != Phase::Spaces && (blank_ok || !word.is_empty()) {
+                words.push(word);
             }
+            return words;
+        };
+        if phase == Phase::Spaces {
             if is_space(character) {
-                index += 1;
                 continue;
             }
             phase = Phase::Word;
-        }
-        if at_end {
-            if blank_ok || !word.is_empty() {
-                words.push(word);
-            }
-            break;
         }
         if phase == Phase::Word {
             if is_space(character) {
@@ -219,9 +188,7 @@ pub fn parse_words(rest: &str, escape: char) -> Vec<String> {
                 if blank_ok || !word.is_empty() {
                     words.push(std::mem::take(&mut word));
                 }
-                word.clear();
                 blank_ok = false;
-                index += 1;
                 continue;
             }
             if character == '\'' || character == '"' {
@@ -230,17 +197,15 @@ pub fn parse_words(rest: &str, escape: char) -> Vec<String> {
                 phase = Phase::Quote;
             }
             if character == escape {
-                if index + 1 == length {
-                    index += 1;
+                // An unquoted escape keeps itself and the next character, even a quote; at
+                // the very end it is dropped.
+                let Some(next) = characters.next() else {
                     continue;
-                }
-                // An unquoted escape keeps itself and the next character, even a quote.
+                };
                 word.push(character);
-                index += 1;
-                character = characters[index];
+                character = next;
             }
             word.push(character);
-            index += 1;
             continue;
         }
         // In a quote.
@@ -248,19 +213,15 @@ pub fn parse_words(rest: &str, escape: char) -> Vec<String> {
             phase = Phase::Word;
         }
         if character == escape && quote != '\'' {
-            if index + 1 == length {
+            let Some(next) = characters.next() else {
                 phase = Phase::Word;
-                index += 1;
                 continue;
-            }
-            index += 1;
+            };
             word.push(character);
-            character = characters[index];
+            character = next;
         }
         word.push(character);
-        index += 1;
     }
-    words
 }
 
 /// ENV and LABEL: `name value` (old form, one pair) or `name=value ...`.
@@ -424,25 +385,27 @@ mod tests {
 
     #[test]
     fn flags_are_extracted() {
-        let split = |line: &str| split_command(line, '\\');
+        fn split(line: &str) -> (&str, Vec<String>, &str) {
+            split_command(line, '\\')
+        }
         assert_eq!(
             split("COPY --from=a --chown=\"x y\" s d"),
-            (
-                "COPY".into(),
-                owned(&["--from=a", "--chown=x y"]),
-                "s d".into()
-            )
+            ("COPY", owned(&["--from=a", "--chown=x y"]), "s d")
         );
+        assert_eq!(split("COPY --a -- --b"), ("COPY", owned(&["--a"]), "--b"));
+        assert_eq!(split("RUN"), ("RUN", vec![], ""));
+        assert_eq!(split("  run \t x  "), ("run", vec![], "x"));
+        assert_eq!(split("RUN --x"), ("RUN", owned(&["--x"]), ""));
         assert_eq!(
-            split("COPY --a -- --b"),
-            ("COPY".into(), owned(&["--a"]), "--b".into())
+            split("RUN --x=\"a b\" \t--y c"),
+            ("RUN", owned(&["--x=a b", "--y"]), "c")
         );
-        assert_eq!(split("RUN"), ("RUN".into(), vec![], String::new()));
-        assert_eq!(split("  run \t x  "), ("run".into(), vec![], "x".into()));
-        assert_eq!(
-            split("RUN --x"),
-            ("RUN".into(), owned(&["--x"]), String::new())
-        );
+        assert_eq!(split("RUN -x"), ("RUN", vec![], "-x"));
+        assert_eq!(split("RUN --a\\"), ("RUN", owned(&["--a"]), ""));
+        assert_eq!(split("RUN --a='x\\"), ("RUN", owned(&["--a=x"]), ""));
+        assert_eq!(split("RUN --a=''"), ("RUN", owned(&["--a="]), ""));
+        assert_eq!(split("RUN -- x"), ("RUN", vec![], "x"));
+        assert_eq!(split("RUN --"), ("RUN", vec![], ""));
     }
 
     #[test]

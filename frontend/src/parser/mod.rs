@@ -426,14 +426,14 @@ fn new_node_from_line(
     let (command, flags, rest) = line_parsers::split_command(line, escape);
     let keyword = command.to_lowercase();
     let parsed = match keyword.as_str() {
-        "add" | "copy" | "volume" => line_parsers::parse_maybe_json_to_list(&rest)?,
-        "arg" => line_parsers::parse_name_or_name_value(&rest, escape),
-        "cmd" | "entrypoint" | "run" | "shell" => line_parsers::parse_maybe_json(&rest)?,
-        "env" => line_parsers::parse_name_value(&rest, "ENV", escape)?,
-        "label" => line_parsers::parse_name_value(&rest, "LABEL", escape)?,
-        "expose" | "from" => line_parsers::parse_strings_whitespace_delimited(&rest),
-        "healthcheck" => line_parsers::parse_health_config(&rest)?,
-        "maintainer" | "stopsignal" | "user" | "workdir" => line_parsers::parse_string(&rest),
+        "add" | "copy" | "volume" => line_parsers::parse_maybe_json_to_list(rest)?,
+        "arg" => line_parsers::parse_name_or_name_value(rest, escape),
+        "cmd" | "entrypoint" | "run" | "shell" => line_parsers::parse_maybe_json(rest)?,
+        "env" => line_parsers::parse_name_value(rest, "ENV", escape)?,
+        "label" => line_parsers::parse_name_value(rest, "LABEL", escape)?,
+        "expose" | "from" => line_parsers::parse_strings_whitespace_delimited(rest),
+        "healthcheck" => line_parsers::parse_health_config(rest)?,
+        "maintainer" | "stopsignal" | "user" | "workdir" => line_parsers::parse_string(rest),
         "onbuild" => {
             if rest.is_empty() {
                 ParsedArgs {
@@ -446,7 +446,7 @@ fn new_node_from_line(
                         "ONBUILD nested more than {MAX_ONBUILD_NESTING} deep"
                     ));
                 }
-                let inner = new_node_from_line(&rest, escape, Vec::new(), nesting + 1)?;
+                let inner = new_node_from_line(rest, escape, Vec::new(), nesting + 1)?;
                 ParsedArgs {
                     args: Args::Nested(Box::new(inner)),
                     json_form: false,
