@@ -1525,33 +1525,43 @@ fn run_command_string(
     text
 }
 
-/// Signal names and numbers Docker accepts for STOPSIGNAL.
+/// STOPSIGNAL's check, as BuildKit's (moby/sys `signal.ParseSignal` on Linux): a whole
+/// number other than 0 (Go's `Atoi`: optional sign, decimal digits, within 64 bits), or a
+/// signal name of Linux's table, any case, with or without `SIG`.
 fn validate_signal(signal: &str) -> Result<(), Failure> {
     const NAMES: &[&str] = &[
         "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT",
         "KILL", "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM",
         "TRAP", "TSTP", "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ",
+        "RTMIN", "RTMAX",
     ];
-    if let Ok(number) = signal.parse::<u32>() {
-        if number == 0 || number > 64 {
-            return Err(format!("invalid signal: {signal}"));
-        }
-        return Ok(());
+    let invalid = || {
+        format!("invalid signal: {signal} (expected a signal name such as SIGTERM or TERM, or a non-zero number)")
+    };
+    if let Ok(number) = signal.parse::<i64>() {
+        return if number == 0 { Err(invalid()) } else { Ok(()) };
     }
     let upper = signal.to_uppercase();
     let name = upper.strip_prefix("SIG").unwrap_or(&upper);
     if NAMES.contains(&name) {
         return Ok(());
     }
-    if let Some(offset) = name
-        .strip_prefix("RTMIN")
-        .or_else(|| name.strip_prefix("RTMAX"))
-    {
-        if offset.is_empty() || offset.trim_start_matches(['+', '-']).parse::<u32>().is_ok() {
+    // The real-time signals: RTMIN+1 to RTMIN+15 and RTMAX-14 to RTMAX-1, written exactly so.
+    let offset = name
+        .strip_prefix("RTMIN+")
+        .map(|offset| (offset, 15))
+        .or_else(|| name.strip_prefix("RTMAX-").map(|offset| (offset, 14)));
+    if let Some((offset, largest)) = offset {
+        let plain_number = !offset.starts_with('0') && offset.bytes().all(|b| b.is_ascii_digit());
+        if plain_number
+            && offset
+                .parse::<u32>()
+                .is_ok_and(|n| (1..=largest).contains(&n))
+        {
             return Ok(());
         }
     }
-    Err(format!("invalid signal: {signal}"))
+    Err(invalid())
 }
 
 /// Go's `%+v` of BuildKit's HealthcheckConfig, for history.
@@ -1616,4 +1626,67 @@ fn trim_fraction(value: u64, divisor: u64) -> String {
 #[allow(dead_code)]
 fn quote(text: &str) -> String {
     go_quote(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_signal;
+
+    #[test]
+    fn stop_signals_as_buildkit_accepts_them() {
+        for good in [
+            "SIGTERM",
+            "TERM",
+            "term",
+            "SigKill",
+            "sigusr1",
+            "9",
+            "+9",
+            "-1",
+            "100",
+            "SIGCLD",
+            "SIGPOLL",
+            "SIGRTMIN",
+            "RTMIN+1",
+            "sigrtmin+15",
+            "SIGRTMAX-14",
+            "RTMAX-1",
+            "RTMAX",
+            "SIGSTKFLT",
+            "IOT",
+        ] {
+            assert_eq!(validate_signal(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "0",
+            "+0",
+            "-0",
+            "00",
+            "SIG",
+            "SIGNOPE",
+            "SIGSIGTERM",
+            "TERM ",
+            " 9",
+            "9s",
+            "RTMIN+0",
+            "RTMIN+16",
+            "RTMIN+01",
+            "RTMIN-1",
+            "RTMAX+1",
+            "RTMAX-15",
+            "RTMAX-0",
+            "SIGEMT",
+            "99999999999999999999",
+            "0x9",
+            "SIGRTMIN+",
+            "KILL,TERM",
+        ] {
+            let error = validate_signal(bad).unwrap_err();
+            assert!(
+                error.starts_with(&format!("invalid signal: {bad} (")),
+                "{error}"
+            );
+        }
+    }
 }
