@@ -185,8 +185,7 @@ impl Converter<'_> {
             original.to_string()
         } else {
             lexer
-                .process_word(original, &PairsEnv(&self.states[index].env))
-                .map(|word| word.result)
+                .expand_word(original, &PairsEnv(&self.states[index].env))
                 .unwrap_or_else(|_| original.to_string())
         };
         let mut parts = expanded.splitn(2, ' ');
@@ -207,8 +206,7 @@ impl Converter<'_> {
             return Ok(word.to_string());
         }
         self.lexer
-            .process_word(word, &PairsEnv(&self.states[index].env))
-            .map(|word| word.result)
+            .expand_word(word, &PairsEnv(&self.states[index].env))
             .map_err(|error| error.to_string())
     }
 
@@ -969,9 +967,8 @@ impl Converter<'_> {
                 let mut lexer = crate::shell::Lexer::new('\\');
                 lexer.skip_process_quotes = true;
                 lexer
-                    .process_word(data, &PairsEnv(&self.states[index].env))
+                    .expand_word(data, &PairsEnv(&self.states[index].env))
                     .map_err(|error| error.to_string())?
-                    .result
             } else {
                 data.clone()
             };

@@ -184,7 +184,8 @@ impl Definition {
             .vertices
             .iter()
             .zip(self.needed(roots))
-            .filter_map(|(vertex, needed)| needed.then(|| vertex.clone()))
+            .filter(|&(_, needed)| needed)
+            .map(|(vertex, _)| vertex.clone())
             .collect();
         Definition::indexed(vertices)
     }

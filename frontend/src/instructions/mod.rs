@@ -468,23 +468,30 @@ pub struct ShellInstruction {
 struct Request<'a> {
     source: &'a SourceFile,
     node: &'a Node,
-    span: Span,
-    /// The keyword upper case, for messages.
-    name: String,
 }
 
 impl Request<'_> {
+    /// The instruction's span, made when needed (it copies the instruction's text).
+    fn span(&self) -> Span {
+        Span::of(self.node)
+    }
+
+    /// The keyword upper case, for messages.
+    fn name(&self) -> String {
+        self.node.keyword.to_ascii_uppercase()
+    }
+
     fn error(&self, message: impl Into<String>) -> Error {
-        self.source.error_at(&self.span, message)
+        self.source.error_at(&self.span(), message)
     }
 
     fn error_near(&self, needle: &str, message: impl Into<String>) -> Error {
-        Error::new(self.source.find_in_span(&self.span, needle), message)
+        Error::new(self.source.find_in_span(&self.span(), needle), message)
     }
 
     fn flag_error(&self, error: FlagError) -> Error {
         Error::new(
-            self.source.find_in_span(&self.span, &error.flag),
+            self.source.find_in_span(&self.span(), &error.flag),
             error.message,
         )
         .with_suggestion(error.suggestion)
@@ -516,7 +523,7 @@ impl Request<'_> {
     fn exactly_one(&self) -> Result<String, Error> {
         match self.words().as_slice() {
             [one] if !one.trim().is_empty() => Ok(one.clone()),
-            _ => Err(self.error(format!("{} requires exactly one argument", self.name))),
+            _ => Err(self.error(format!("{} requires exactly one argument", self.name()))),
         }
     }
 
@@ -551,43 +558,43 @@ impl Request<'_> {
 
 /// Parses one node into a typed instruction.
 pub fn parse_instruction(source: &SourceFile, node: &Node) -> Result<Instruction, Error> {
-    let keyword = node.keyword.to_ascii_lowercase();
-    let request = Request {
-        source,
-        node,
-        span: Span::of(node),
-        name: keyword.to_ascii_uppercase(),
+    // The parser gives keywords lower case; a node made otherwise is lowered here.
+    let keyword: std::borrow::Cow<str> = if node.keyword.bytes().any(|b| b.is_ascii_uppercase()) {
+        node.keyword.to_ascii_lowercase().into()
+    } else {
+        node.keyword.as_str().into()
     };
+    let request = Request { source, node };
     let no_flags: &[(&'static str, FlagKind)] = &[];
-    Ok(match keyword.as_str() {
+    Ok(match &*keyword {
         "from" => Instruction::From(parse_from(&request)?),
         "run" => Instruction::Run(parse_run(&request)?),
         "cmd" => {
             request.flags(no_flags)?;
             Instruction::Cmd(CmdInstruction {
                 command: request.command_line(false),
-                span: request.span.clone(),
+                span: request.span(),
             })
         }
         "entrypoint" => {
             request.flags(no_flags)?;
             Instruction::Entrypoint(EntrypointInstruction {
                 command: request.command_line(true),
-                span: request.span.clone(),
+                span: request.span(),
             })
         }
         "label" => {
             request.flags(no_flags)?;
             Instruction::Label(LabelInstruction {
                 labels: parse_pairs(&request)?,
-                span: request.span.clone(),
+                span: request.span(),
             })
         }
         "env" => {
             request.flags(no_flags)?;
             Instruction::Env(EnvInstruction {
                 pairs: parse_pairs(&request)?,
-                span: request.span.clone(),
+                span: request.span(),
             })
         }
         "maintainer" => {
@@ -595,7 +602,7 @@ pub fn parse_instruction(source: &SourceFile, node: &Node) -> Result<Instruction
             request.flags(no_flags)?;
             Instruction::Maintainer(MaintainerInstruction {
                 maintainer,
-                span: request.span.clone(),
+                span: request.span(),
             })
         }
         "expose" => {
@@ -607,7 +614,7 @@ pub fn parse_instruction(source: &SourceFile, node: &Node) -> Result<Instruction
             ports.sort();
             Instruction::Expose(ExposeInstruction {
                 ports,
-                span: request.span.clone(),
+                span: request.span(),
             })
         }
         "add" => Instruction::Add(parse_add(&request)?),
@@ -628,7 +635,7 @@ pub fn parse_instruction(source: &SourceFile, node: &Node) -> Result<Instruction
             }
             Instruction::Volume(VolumeInstruction {
                 volumes,
-                span: request.span.clone(),
+                span: request.span(),
             })
         }
         "user" => {
@@ -636,7 +643,7 @@ pub fn parse_instruction(source: &SourceFile, node: &Node) -> Result<Instruction
             request.flags(no_flags)?;
             Instruction::User(UserInstruction {
                 user,
-                span: request.span.clone(),
+                span: request.span(),
             })
         }
         "workdir" => {
@@ -644,7 +651,7 @@ pub fn parse_instruction(source: &SourceFile, node: &Node) -> Result<Instruction
             request.flags(no_flags)?;
             Instruction::Workdir(WorkdirInstruction {
                 path,
-                span: request.span.clone(),
+                span: request.span(),
             })
         }
         "arg" => Instruction::Arg(parse_arg(&request)?),
@@ -654,7 +661,7 @@ pub fn parse_instruction(source: &SourceFile, node: &Node) -> Result<Instruction
             request.flags(no_flags)?;
             Instruction::StopSignal(StopSignalInstruction {
                 signal,
-                span: request.span.clone(),
+                span: request.span(),
             })
         }
         "healthcheck" => Instruction::Healthcheck(parse_healthcheck(&request)?),
@@ -671,7 +678,7 @@ pub fn parse_instruction(source: &SourceFile, node: &Node) -> Result<Instruction
             }
             Instruction::Shell(ShellInstruction {
                 shell,
-                span: request.span.clone(),
+                span: request.span(),
             })
         }
         _ => {
@@ -708,7 +715,7 @@ fn parse_from(request: &Request) -> Result<FromInstruction, Error> {
     };
     let flags = request.flags(&[("platform", FlagKind::String)])?;
     Ok(FromInstruction {
-        span: request.span.clone(),
+        span: request.span(),
         image: words.first().cloned().unwrap_or_default(),
         name,
         platform: flags.string("platform"),
@@ -737,7 +744,7 @@ fn parse_run(request: &Request) -> Result<RunInstruction, Error> {
     let mounts = flags.strings("mount");
     for raw in &mounts {
         if let Err(error) = mount::check_raw_mount(raw) {
-            return Err(request.source.mount_error(&request.span, raw, &error));
+            return Err(request.source.mount_error(&request.span(), raw, &error));
         }
     }
     let network = match flags.string("network").as_deref() {
@@ -760,7 +767,7 @@ fn parse_run(request: &Request) -> Result<RunInstruction, Error> {
         }
     };
     Ok(RunInstruction {
-        span: request.span.clone(),
+        span: request.span(),
         command: request.command_line(false),
         mounts,
         network,
@@ -770,7 +777,7 @@ fn parse_run(request: &Request) -> Result<RunInstruction, Error> {
 }
 
 fn parse_pairs(request: &Request) -> Result<Vec<KeyValuePair>, Error> {
-    let name = &request.name;
+    let name = request.name();
     let pairs: Vec<KeyValuePair> = match &request.node.args {
         Args::Pairs(pairs) => pairs
             .iter()
@@ -837,16 +844,16 @@ fn pairs_from_words(words: &[String]) -> Vec<KeyValuePair> {
 fn parse_sources_and_dest(request: &Request) -> Result<SourcesAndDest, Error> {
     let words = request.words();
     let Some((dest, sources)) = words.split_last() else {
-        return Err(request.error(no_destination(&request.name)));
+        return Err(request.error(no_destination(&request.name())));
     };
     if sources.is_empty() {
-        return Err(request.error(no_destination(&request.name)));
+        return Err(request.error(no_destination(&request.name())));
     }
     let json = request.node.json_form;
     if !json && values::heredoc_marker_name(dest).is_some() {
         return Err(request.error(format!(
             "{} cannot accept a heredoc as a destination",
-            request.name
+            request.name()
         )));
     }
     let mut files = SourcesAndDest {
@@ -915,7 +922,7 @@ fn parse_copy(request: &Request) -> Result<CopyInstruction, Error> {
     let excludes = flags.strings("exclude");
     check_copy_values(request, &chmod, &excludes)?;
     Ok(CopyInstruction {
-        span: request.span.clone(),
+        span: request.span(),
         files,
         from: flags.string("from").filter(|from| !from.is_empty()),
         chown: flags.string("chown").filter(|chown| !chown.is_empty()),
@@ -944,7 +951,7 @@ fn parse_add(request: &Request) -> Result<AddInstruction, Error> {
     let excludes = flags.strings("exclude");
     check_copy_values(request, &chmod, &excludes)?;
     Ok(AddInstruction {
-        span: request.span.clone(),
+        span: request.span(),
         files,
         chown: flags.string("chown").filter(|chown| !chown.is_empty()),
         chmod,
@@ -982,7 +989,7 @@ fn parse_arg(request: &Request) -> Result<ArgInstruction, Error> {
         args.push(definition);
     }
     Ok(ArgInstruction {
-        span: request.span.clone(),
+        span: request.span(),
         args,
     })
 }
@@ -1027,7 +1034,7 @@ fn parse_onbuild(request: &Request) -> Result<OnbuildInstruction, Error> {
         expression.push_str(&heredoc.name);
     }
     Ok(OnbuildInstruction {
-        span: request.span.clone(),
+        span: request.span(),
         expression,
         trigger: Box::new(trigger),
     })
@@ -1062,7 +1069,7 @@ fn parse_healthcheck(request: &Request) -> Result<HealthcheckInstruction, Error>
             ..HealthConfig::default()
         };
         return Ok(HealthcheckInstruction {
-            span: request.span.clone(),
+            span: request.span(),
             health,
         });
     }
@@ -1131,7 +1138,7 @@ fn parse_healthcheck(request: &Request) -> Result<HealthcheckInstruction, Error>
         retries,
     };
     Ok(HealthcheckInstruction {
-        span: request.span.clone(),
+        span: request.span(),
         health,
     })
 }

@@ -150,7 +150,24 @@ impl Lexer {
     /// Expands `word` against `env`; also returns the words it splits into and the variables
     /// it referenced.
     pub fn process_word(&self, word: &str, env: &dyn Env) -> Result<ProcessedWord, LexError> {
+        self.process(word, env, true)
+    }
+
+    /// [`Lexer::process_word`]'s `result` alone: the same expansion, without splitting it into
+    /// words (for the callers that only want the text).
+    pub fn expand_word(&self, word: &str, env: &dyn Env) -> Result<String, LexError> {
+        self.process(word, env, false)
+            .map(|processed| processed.result)
+    }
+
+    fn process(
+        &self,
+        word: &str,
+        env: &dyn Env,
+        collect_words: bool,
+    ) -> Result<ProcessedWord, LexError> {
         let mut state = ShellWord::new(self, word, env);
+        state.collect_words = collect_words;
         match state.process_until(None, self.raw_escapes) {
             Ok((result, words)) => Ok(ProcessedWord {
                 result,
@@ -205,14 +222,26 @@ impl Scanner {
 
 /// The words being collected. The text of the current word lives in `ShellWord::words_buffer`,
 /// which BuildKit shares between nested calls (and clears at the start of each).
-#[derive(Default)]
 struct Words {
     words: Vec<String>,
     in_word: bool,
+    /// Off when only the expanded text is wanted: then nothing is collected.
+    enabled: bool,
 }
 
 impl Words {
+    fn new(enabled: bool) -> Words {
+        Words {
+            words: Vec::new(),
+            in_word: false,
+            enabled,
+        }
+    }
+
     fn add_char(&mut self, buffer: &mut String, character: char) {
+        if !self.enabled {
+            return;
+        }
         if go_unicode::is_space(character) && self.in_word {
             if !buffer.is_empty() {
                 self.words.push(std::mem::take(buffer));
@@ -224,17 +253,26 @@ impl Words {
     }
 
     fn add_raw_char(&mut self, buffer: &mut String, character: char) {
+        if !self.enabled {
+            return;
+        }
         buffer.push(character);
         self.in_word = true;
     }
 
     fn add_string(&mut self, buffer: &mut String, text: &str) {
+        if !self.enabled {
+            return;
+        }
         for character in text.chars() {
             self.add_char(buffer, character);
         }
     }
 
     fn add_raw_string(&mut self, buffer: &mut String, text: &str) {
+        if !self.enabled {
+            return;
+        }
         buffer.push_str(text);
         self.in_word = true;
     }
@@ -253,6 +291,8 @@ struct ShellWord<'a> {
     env: &'a dyn Env,
     scanner: Scanner,
     raw_escapes: bool,
+    /// Whether the result is also split into words.
+    collect_words: bool,
     words_buffer: String,
     depth: usize,
     matched: BTreeSet<String>,
@@ -278,6 +318,7 @@ impl<'a> ShellWord<'a> {
             env,
             scanner: Scanner::new(word),
             raw_escapes: lexer.raw_escapes,
+            collect_words: true,
             words_buffer: String::new(),
             depth: 0,
             matched: BTreeSet::new(),
@@ -300,7 +341,7 @@ impl<'a> ShellWord<'a> {
     fn process_until_inner(&mut self, stop: Option<char>) -> Outcome<(String, Vec<String>)> {
         let mut result = String::new();
         self.words_buffer.clear();
-        let mut words = Words::default();
+        let mut words = Words::new(self.collect_words);
         while let Some(character) = self.scanner.peek() {
             if stop == Some(character) {
                 self.scanner.next();
