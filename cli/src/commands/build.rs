@@ -101,8 +101,11 @@ pub struct BuildArgs {
     #[arg(long)]
     pub push: bool,
 
-    /// Output: type=image[,push=true] (the store; pushed with push=true), type=registry,
-    /// type=docker,dest=FILE, type=oci,dest=FILE.tar|DIR, type=local,dest=DIR; repeatable
+    /// Output: type=image[,name=REF][,push=true] (the store; pushed with push=true),
+    /// type=registry, type=docker,dest=FILE, type=oci,dest=FILE.tar|DIR, type=local,dest=DIR,
+    /// type=tar,dest=FILE; image outputs take compression=gzip|zstd|uncompressed,
+    /// compression-level=N, force-compression=true, oci-mediatypes=true|false,
+    /// rewrite-timestamp=true; repeatable
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     pub outputs: Vec<String>,
 
