@@ -15,6 +15,11 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "kiln", version, about, long_about = None)]
 struct Cli {
+    /// `--root` before the subcommand (`kiln --root DIR images`); being global, clap also
+    /// takes it after the subcommand and hands the value to the subcommand's own options.
+    #[command(flatten)]
+    store: store_args::StoreArgs,
+
     #[command(subcommand)]
     command: Command,
 }

@@ -33,19 +33,21 @@ fn pull_busybox_then_images_inspect_tag_rmi() {
     for column in ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"] {
         assert!(header.contains(column), "{table}");
     }
+    // The image id is the config digest, as Docker's.
     assert!(
-        table.contains(&image.manifest_digest.hex()[..12]),
+        table.contains(&image.config_descriptor.digest.hex()[..12]),
         "{table}"
     );
 
     let inspected = kiln.inspect(&name);
-    assert_eq!(inspected["Id"], image.manifest_digest.to_string());
+    assert_eq!(inspected["Id"], image.config_descriptor.digest.to_string());
+    assert_eq!(inspected["Digest"], image.manifest_digest.to_string());
     assert_eq!(inspected["Config"]["config"]["Cmd"][0], "sh");
     assert_eq!(inspected["Layers"].as_array().map(Vec::len), Some(1));
     let top = inspected["TopSnapshot"].as_str().expect("top snapshot");
     assert!(snapshot_fs(&kiln, top).join("bin/busybox").is_file());
     // By id prefix too.
-    let by_id = kiln.inspect(&image.manifest_digest.hex()[..8]);
+    let by_id = kiln.inspect(&image.config_descriptor.digest.hex()[..8]);
     assert_eq!(by_id["Id"], inspected["Id"]);
 
     // A second pull finds everything there.
@@ -62,7 +64,7 @@ fn pull_busybox_then_images_inspect_tag_rmi() {
     assert_eq!(kiln.inspect("mybox:1")["Id"], inspected["Id"]);
 
     // By id with two names: refused without --force.
-    let refused = kiln.fail(&["rmi", &image.manifest_digest.hex()[..12]]);
+    let refused = kiln.fail(&["rmi", &image.config_descriptor.digest.hex()[..12]]);
     assert!(refused.contains("--force"), "{refused}");
     let untagged = kiln.ok(&["rmi", "mybox:1"]);
     assert!(
@@ -106,7 +108,7 @@ fn pull_by_digest_and_root_flag() {
     assert!(table.contains("<none>"), "{table}");
     assert_eq!(
         kiln.inspect(&pinned)["Id"],
-        image.manifest_digest.to_string()
+        image.config_descriptor.digest.to_string()
     );
     // A digest that is not there.
     let wrong = format!("{}@sha256:{}", reference.name(), "0".repeat(64));
@@ -151,7 +153,14 @@ fn platform_is_picked_from_an_index() {
     );
     let inspected = kiln.inspect(&name);
     assert_eq!(inspected["Architecture"], "arm64");
-    assert_eq!(inspected["Id"], index.images[1].manifest_digest.to_string());
+    assert_eq!(
+        inspected["Id"],
+        index.images[1].config_descriptor.digest.to_string()
+    );
+    assert_eq!(
+        inspected["Digest"],
+        index.images[1].manifest_digest.to_string()
+    );
     let top = inspected["TopSnapshot"].as_str().expect("top");
     assert_eq!(
         read(&snapshot_fs(&kiln, top).join("platform")),

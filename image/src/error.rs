@@ -53,6 +53,9 @@ pub enum ImageError {
     /// No local image by that name or id.
     #[error("no such image: {reference}")]
     NotFound { reference: String },
+    /// An image id prefix that fits more than one image.
+    #[error("image id prefix {reference:?} matches {count} images")]
+    Ambiguous { reference: String, count: usize },
     /// An operation refused because of the state of the store.
     #[error("cannot remove {reference}: {message}")]
     Conflict { reference: String, message: String },

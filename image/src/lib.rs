@@ -12,7 +12,8 @@
 //!
 //! Names are normalized as Docker does before they are stored or looked up
 //! ([`normalize_name`]): `busybox` is `docker.io/library/busybox:latest`. An image's id is
-//! the digest of the manifest its name points at.
+//! the digest of its config, as Docker's ([`image_id`]); the digest of the manifest its name
+//! points at is its digest.
 
 mod changes;
 mod error;
@@ -32,6 +33,7 @@ pub use local::{
 pub use progress::{LayerState, Progress, PullEvent};
 pub use pull::{pull, PullOptions, PulledImage, DEFAULT_CONCURRENT_DOWNLOADS};
 pub use reference::{
-    familiar_name, find_image, normalize_name, parse_reference, split_store_name, store_name,
+    familiar_name, find_image, image_id, normalize_name, parse_reference, split_store_name,
+    store_name,
 };
 pub use resolver::StoreResolver;

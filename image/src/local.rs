@@ -1,7 +1,8 @@
 //! Operations on the images of the local store: list, inspect, tag, remove, prune.
 //!
-//! An image's id is the digest of the manifest its tag points at (as with Docker's
-//! containerd image store), so `kiln rmi 3f2a` and `kiln inspect 3f2a` find it by prefix.
+//! An image's id is the digest of its config, as Docker's image ids are, so `kiln rmi 3f2a`
+//! and `kiln inspect 3f2a` find it by a prefix of the id `kiln images` shows; the digest of
+//! the manifest its name points at is its digest (`kiln images --digests`).
 
 use std::collections::BTreeMap;
 
@@ -12,7 +13,7 @@ use kiln_types::{Digest, Platform};
 use serde_json::{json, Value};
 
 use crate::error::{ImageError, Result};
-use crate::reference::{familiar_name, find_image, normalize_name, split_store_name};
+use crate::reference::{familiar_name, find_image, image_id, normalize_name, split_store_name};
 
 /// One row of `kiln images`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,8 +24,10 @@ pub struct ImageSummary {
     pub repository: String,
     /// The tag, `None` for a name pinned by digest.
     pub tag: Option<String>,
-    /// The manifest digest.
+    /// The image id: the config digest (see [`crate::image_id`]).
     pub id: Digest,
+    /// The digest of the manifest (or index) the name points at.
+    pub digest: Digest,
     /// The config's `created`, RFC 3339.
     pub created: Option<String>,
     /// Bytes of the unpacked layers (their uncompressed tar sizes) when known, else of the
@@ -46,7 +49,11 @@ pub fn list_images(store: &Store) -> Result<Vec<ImageSummary>> {
         rows.push(ImageSummary {
             repository: familiar_name(repository).to_string(),
             tag: tag.map(str::to_string),
-            id: record.target.digest.clone(),
+            id: resolved
+                .as_ref()
+                .map(|resolved| resolved.manifest.config.digest.clone())
+                .unwrap_or_else(|| record.target.digest.clone()),
+            digest: record.target.digest.clone(),
             created: resolved
                 .as_ref()
                 .and_then(|resolved| resolved.config.created.clone()),
@@ -92,12 +99,21 @@ pub fn inspect(store: &Store, reference: &str) -> Result<Value> {
     let resolved = store
         .resolve_layers(&record.target, &Platform::host())
         .map_err(ImageError::store(format!("reading image {}", record.name)))?;
-    let names: Vec<String> = store
+    let id = resolved.manifest.config.digest.clone();
+    let sharing: Vec<ImageRecord> = store
         .images()
         .map_err(ImageError::store("listing images"))?
         .into_iter()
-        .filter(|other| other.target.digest == record.target.digest)
-        .map(|other| other.name)
+        .filter(|other| other.target.digest == record.target.digest || image_id(store, other) == id)
+        .collect();
+    let names: Vec<String> = sharing.iter().map(|other| other.name.clone()).collect();
+    // Docker's RepoDigests: repository@digest of what each name points at.
+    let repo_digests: std::collections::BTreeSet<String> = sharing
+        .iter()
+        .map(|other| {
+            let (repository, _tag) = split_store_name(&other.name);
+            format!("{repository}@{}", other.target.digest)
+        })
         .collect();
     let snapshot_sizes = snapshot_sizes(store)?;
     let layers: Vec<Value> = resolved
@@ -119,9 +135,11 @@ pub fn inspect(store: &Store, reference: &str) -> Result<Value> {
         })
         .collect();
     Ok(json!({
-        "Id": record.target.digest,
+        "Id": id,
         "Name": record.name,
         "RepoTags": names,
+        "RepoDigests": repo_digests,
+        "Digest": record.target.digest,
         "Created": resolved.config.created,
         "Architecture": resolved.config.architecture,
         "Os": resolved.config.os,
@@ -160,15 +178,17 @@ pub fn tag(store: &Store, source: &str, target: &str) -> Result<ImageRecord> {
 pub struct Removed {
     /// The names untagged.
     pub untagged: Vec<String>,
-    /// The image id (manifest digest), when no name points at it any more.
+    /// The image id (config digest), when no name points at that image any more.
     pub deleted: Option<Digest>,
 }
 
-/// Removes an image reference, as `docker rmi`: a name untags that name; an id (digest
-/// prefix) untags every name of that image, which is refused when several names share it
-/// unless `force`. The content goes at the next [`prune`].
+/// Removes an image reference, as `docker rmi`: a name untags that name; an id (a prefix of
+/// the config digest, or of the manifest digest) untags every name of that image, which is
+/// refused when several names share it unless `force`. The content goes at the next
+/// [`prune`].
 pub fn remove_image(store: &Store, reference: &str, force: bool) -> Result<Removed> {
     let found = find_image(store, reference)?;
+    let id = image_id(store, &found);
     let by_name = normalize_name(reference)
         .map(|name| name == found.name)
         .unwrap_or(false)
@@ -178,7 +198,7 @@ pub fn remove_image(store: &Store, reference: &str, force: bool) -> Result<Remov
         .map_err(ImageError::store("listing images"))?;
     let sharing: Vec<String> = all
         .iter()
-        .filter(|other| other.target.digest == found.target.digest)
+        .filter(|other| image_id(store, other) == id)
         .map(|other| other.name.clone())
         .collect();
     let untag: Vec<String> = if by_name {
@@ -204,10 +224,10 @@ pub fn remove_image(store: &Store, reference: &str, force: bool) -> Result<Remov
         .images()
         .map_err(ImageError::store("listing images"))?
         .iter()
-        .any(|other| other.target.digest == found.target.digest);
+        .any(|other| image_id(store, other) == id);
     Ok(Removed {
         untagged: untag,
-        deleted: (!still_named).then(|| found.target.digest.clone()),
+        deleted: (!still_named).then_some(id),
     })
 }
 

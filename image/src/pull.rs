@@ -275,7 +275,11 @@ pub async fn pull(
 
     let mut tasks = TaskSet(Vec::with_capacity(layer_count));
     for index in 0..layer_count {
-        context.layer_event(&context.layers[index], LayerState::Waiting);
+        // A layer already unpacked waits for nothing: its only event is AlreadyExists (as
+        // Docker shows it).
+        if !context.layers[index].unpacked {
+            context.layer_event(&context.layers[index], LayerState::Waiting);
+        }
         let context = context.clone();
         tasks.0.push(tokio::spawn(
             async move { fetch_layer(&context, index).await },

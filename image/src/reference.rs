@@ -4,6 +4,7 @@
 
 use kiln_registry::Reference;
 use kiln_snapshotter::{ImageRecord, Store, StoreError};
+use kiln_types::{Digest, Platform};
 
 use crate::error::{ImageError, Result};
 
@@ -57,8 +58,9 @@ pub fn split_store_name(name: &str) -> (&str, Option<&str>) {
 }
 
 /// Finds a local image by name (normalized: `busybox` finds
-/// `docker.io/library/busybox:latest`), by its manifest digest, or by a unique prefix of at
-/// least 4 hex characters of it.
+/// `docker.io/library/busybox:latest`), by its image id (the config digest, as Docker's
+/// image ids; see [`image_id`]) or a unique prefix of at least 4 hex characters of it, and
+/// else by the digest (or a unique prefix) of the manifest its name points at.
 pub fn find_image(store: &Store, text: &str) -> Result<ImageRecord> {
     if let Ok(name) = normalize_name(text) {
         if let Some(record) = store
@@ -66,6 +68,30 @@ pub fn find_image(store: &Store, text: &str) -> Result<ImageRecord> {
             .map_err(ImageError::store(format!("looking up image {name}")))?
         {
             return Ok(record);
+        }
+    }
+    if let Some(hex) = id_prefix(text) {
+        let records = store
+            .images()
+            .map_err(ImageError::store("listing images"))?;
+        let mut matches: Vec<(Digest, ImageRecord)> = records
+            .into_iter()
+            .filter_map(|record| {
+                let id = image_id(store, &record);
+                id.hex().starts_with(hex).then_some((id, record))
+            })
+            .collect();
+        let distinct: std::collections::BTreeSet<&Digest> =
+            matches.iter().map(|(id, _)| id).collect();
+        match distinct.len() {
+            0 => {}
+            1 => return Ok(matches.swap_remove(0).1),
+            count => {
+                return Err(ImageError::Ambiguous {
+                    reference: text.to_string(),
+                    count,
+                })
+            }
         }
     }
     match store.resolve_image(text) {
@@ -78,6 +104,25 @@ pub fn find_image(store: &Store, text: &str) -> Result<ImageRecord> {
             source,
         }),
     }
+}
+
+/// The hex part of an image id or id prefix (`3f2a`, `sha256:3f2a...`): 4 to 64 lowercase hex
+/// characters.
+fn id_prefix(text: &str) -> Option<&str> {
+    let hex = text.strip_prefix("sha256:").unwrap_or(text);
+    let valid = (4..=64).contains(&hex.len())
+        && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    valid.then_some(hex)
+}
+
+/// An image's id as Docker shows it: the digest of its config (for an index, the config of
+/// this machine's platform). When the config cannot be read (an index without this platform,
+/// a damaged store) the digest of what the name points at stands in.
+pub fn image_id(store: &Store, record: &ImageRecord) -> Digest {
+    store
+        .resolve_layers(&record.target, &Platform::host())
+        .map(|resolved| resolved.manifest.config.digest)
+        .unwrap_or_else(|_| record.target.digest.clone())
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use crate::store_args::StoreArgs;
 /// Output format of `kiln images`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ImagesFormat {
-    /// REPOSITORY TAG IMAGE ID CREATED SIZE
+    /// REPOSITORY TAG [DIGEST] IMAGE ID CREATED SIZE
     Table,
     /// One JSON object per line
     Json,
@@ -24,6 +24,10 @@ pub struct ImagesArgs {
     /// Show full image ids
     #[arg(long = "no-trunc")]
     pub no_trunc: bool,
+
+    /// Show digests: of the manifest each name points at
+    #[arg(long)]
+    pub digests: bool,
 
     /// Output format
     #[arg(long, value_enum, default_value = "table")]
@@ -65,6 +69,7 @@ pub fn run(args: ImagesArgs) -> anyhow::Result<ExitCode> {
                     "Repository": row.repository,
                     "Tag": row.tag,
                     "ID": row.id,
+                    "Digest": row.digest,
                     "Created": row.created,
                     "Size": row.size,
                 });
@@ -72,12 +77,22 @@ pub fn run(args: ImagesArgs) -> anyhow::Result<ExitCode> {
             }
         }
         ImagesFormat::Table => {
-            let table: Vec<[String; 5]> = rows
+            let mut header = vec!["REPOSITORY", "TAG"];
+            if args.digests {
+                header.push("DIGEST");
+            }
+            header.extend(["IMAGE ID", "CREATED", "SIZE"]);
+            let table: Vec<Vec<String>> = rows
                 .iter()
                 .map(|row| {
-                    [
+                    let mut cells = vec![
                         row.repository.clone(),
                         row.tag.clone().unwrap_or_else(|| "<none>".into()),
+                    ];
+                    if args.digests {
+                        cells.push(row.digest.to_string());
+                    }
+                    cells.extend([
                         id_text(&row.id),
                         row.created
                             .as_deref()
@@ -85,17 +100,17 @@ pub fn run(args: ImagesArgs) -> anyhow::Result<ExitCode> {
                             .map(|created| human_age(now.saturating_sub(created)))
                             .unwrap_or_else(|| "N/A".into()),
                         human_size(row.size),
-                    ]
+                    ]);
+                    cells
                 })
                 .collect();
-            let header = ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"];
-            let mut widths = header.map(str::len);
+            let mut widths: Vec<usize> = header.iter().map(|cell| cell.len()).collect();
             for row in &table {
                 for (width, cell) in widths.iter_mut().zip(row) {
                     *width = (*width).max(cell.len());
                 }
             }
-            let render = |cells: [&str; 5]| {
+            let render = |cells: &[&str]| {
                 let mut line = String::new();
                 for (column, cell) in cells.iter().enumerate() {
                     if column + 1 == cells.len() {
@@ -106,13 +121,10 @@ pub fn run(args: ImagesArgs) -> anyhow::Result<ExitCode> {
                 }
                 line
             };
-            writeln!(stdout, "{}", render(header))?;
+            writeln!(stdout, "{}", render(&header))?;
             for row in &table {
-                writeln!(
-                    stdout,
-                    "{}",
-                    render([&row[0], &row[1], &row[2], &row[3], &row[4]])
-                )?;
+                let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+                writeln!(stdout, "{}", render(&cells))?;
             }
         }
     }

@@ -55,7 +55,10 @@ pub fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
     } else if std::io::stderr().is_terminal() {
         Some(Renderer::Bars(Bars::new()))
     } else {
-        Some(Renderer::Lines(Mutex::new(HashMap::new())))
+        Some(Renderer::Lines {
+            heading: pulling_from(&reference),
+            shown: Mutex::new(HashMap::new()),
+        })
     };
     let renderer = std::sync::Arc::new(renderer);
     let progress = {
@@ -94,23 +97,31 @@ pub fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
 enum Renderer {
     /// indicatif bars, one per layer.
     Bars(Bars),
-    /// One line per layer state change (the last state shown per layer).
-    Lines(Mutex<HashMap<usize, &'static str>>),
+    /// One line per layer state change (the last state shown per layer), after Docker's
+    /// `TAG: Pulling from REPOSITORY` heading.
+    Lines {
+        heading: String,
+        shown: Mutex<HashMap<usize, &'static str>>,
+    },
+}
+
+/// Docker's first line of a pull: `latest: Pulling from library/busybox`.
+fn pulling_from(reference: &kiln_registry::Reference) -> String {
+    let version = match (reference.tag(), reference.digest()) {
+        (Some(tag), _) => tag.to_string(),
+        (None, Some(digest)) => digest.to_string(),
+        (None, None) => "latest".to_string(),
+    };
+    format!("{version}: Pulling from {}", reference.repository())
 }
 
 impl Renderer {
     fn event(&self, event: PullEvent) {
         match self {
             Renderer::Bars(bars) => bars.event(event),
-            Renderer::Lines(shown) => {
+            Renderer::Lines { heading, shown } => {
                 let line = match &event {
-                    PullEvent::Resolved {
-                        reference,
-                        manifest,
-                        layers,
-                    } => Some(format!(
-                        "{reference}: resolved to {manifest} ({layers} layers)"
-                    )),
+                    PullEvent::Resolved { .. } => Some(heading.clone()),
                     PullEvent::Layer {
                         index,
                         digest,

@@ -14,8 +14,10 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context};
 use kiln_registry::{ClientOptions, RegistryClient};
 use kiln_runner::{CpuQuota, Limits, Network, Outcome, SandboxSpec, Stdio, TtySize};
-use kiln_snapshotter::{CacheRecord, CommitOptions, Store};
+use kiln_snapshotter::{CacheRecord, CommitOptions};
 use kiln_types::Platform;
+
+use crate::store_args::StoreArgs;
 
 /// Arguments of `kiln run`.
 #[derive(Debug, clap::Args)]
@@ -72,9 +74,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "PLATFORM")]
     pub platform: Option<String>,
 
-    /// kiln's store
-    #[arg(long, env = "KILN_ROOT", value_name = "DIR", default_value = kiln_snapshotter::DEFAULT_ROOT)]
-    pub root: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArgs,
 
     /// The image to run
     pub image: String,
@@ -93,8 +94,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_container(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let store = Store::open(&args.root)
-        .with_context(|| format!("opening the store at {}", args.root.display()))?;
+    let root = args
+        .store
+        .root
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(kiln_snapshotter::DEFAULT_ROOT));
+    let store = args.store.open()?;
     let platform = match &args.platform {
         Some(text) => Platform::parse(text).with_context(|| format!("--platform {text}"))?,
         None => Platform::host(),
@@ -233,9 +238,20 @@ async fn run_container(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 
     let sandbox = Arc::new(kiln_runner::Sandbox::new(kiln_runner::SandboxConfig {
-        state_dir: args.root.join("run"),
+        state_dir: root.join("run"),
         cgroups: kiln_runner::CgroupMode::default(),
     })?);
+    // Ctrl-C and termination requests go to the container's process (through its init).
+    // The handlers are installed before the container starts, so that a signal arriving
+    // while it starts is forwarded rather than killing kiln and orphaning the container.
+    let signal_streams = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::interrupt()).context("handling SIGINT")?,
+            signal(SignalKind::terminate()).context("handling SIGTERM")?,
+            signal(SignalKind::hangup()).context("handling SIGHUP")?,
+        )
+    };
     let mut running = tokio::task::block_in_place(|| sandbox.spawn(spec))?;
     let pidfd = running.pidfd();
     let mut forwarders = Vec::new();
@@ -268,16 +284,8 @@ async fn run_container(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    // Ctrl-C and termination requests go to the container's process (through its init).
     let signals = tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut interrupt), Ok(mut terminate), Ok(mut hangup)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) else {
-            return;
-        };
+        let (mut interrupt, mut terminate, mut hangup) = signal_streams;
         loop {
             let number = tokio::select! {
                 _ = interrupt.recv() => libc::SIGINT,
