@@ -7,7 +7,9 @@ use anyhow::Context as _;
 use kiln_registry::{ClientOptions, RegistryClient};
 use kiln_snapshotter::{Store, DEFAULT_ROOT};
 
-/// `--root DIR`: where kiln keeps images, layers and cache.
+/// `--root DIR`: where kiln keeps images, layers and cache. The top-level command and each
+/// subcommand flatten it; being global, it is taken before or after the subcommand
+/// (`kiln --root DIR images`, `kiln images --root DIR`), the subcommand's own winning.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct StoreArgs {
     /// kiln's root directory (images, layers, build cache) [default: /var/lib/kiln]

@@ -2,6 +2,7 @@
 //! accepted by id prefix; `kiln pull`'s per-layer progress lines when not on a terminal.
 
 mod image_support;
+mod pty_support;
 
 use image_support::{push, Kiln};
 use kiln_testsupport::{busybox_image, ImageBuilder, LayerBuilder, TestRegistry};
@@ -210,6 +211,7 @@ fn pull_prints_a_line_per_layer_state_when_not_on_a_terminal() {
         let short = &layer.descriptor.digest.hex()[..12];
         let lines = layer_lines(&progress, short);
         assert!(!lines.is_empty(), "no line for layer {short}:\n{progress}");
+        assert_eq!(lines[0], format!("{short}: Pulling fs layer"), "{progress}");
         assert_eq!(
             lines.last().copied(),
             Some(format!("{short}: Pull complete").as_str()),
@@ -272,5 +274,45 @@ fn pull_prints_a_line_per_layer_state_when_not_on_a_terminal() {
     assert!(
         result.contains(&format!("Status: Image is up to date for {full_name}")),
         "{result}"
+    );
+}
+
+#[test]
+fn pull_on_a_terminal_draws_a_bar_per_layer() {
+    let registry = TestRegistry::start();
+    let mut builder = ImageBuilder::new();
+    for tar in layers(3) {
+        builder = builder.layer_tar(tar);
+    }
+    let image = builder.build();
+    let name = push(&registry, &image, "bars:1").to_string();
+    let kiln = Kiln::new();
+    let pty = pty_support::Pty::open();
+    let mut child = pty.spawn(&mut kiln.command(&["pull", &name]));
+    let status = pty_support::wait_with_timeout(&mut child, std::time::Duration::from_secs(60));
+    let shown = pty.wait_for(
+        &format!("Status: Downloaded newer image for {name}"),
+        std::time::Duration::from_secs(10),
+    );
+    assert!(status.success(), "{shown}");
+    // indicatif bars, not the plain lines: each layer's bar ends as "Pull complete" with its
+    // byte count, redrawn in place (cursor movements).
+    assert!(!shown.contains("Pulling from"), "{shown}");
+    assert!(shown.contains("\u{1b}["), "{shown:?}");
+    for layer in &image.layers {
+        let short = &layer.descriptor.digest.hex()[..12];
+        let bar_lines: Vec<&str> = shown
+            .split(['\r', '\n'])
+            .filter(|line| line.contains(&format!("{short}: Pull complete")))
+            .collect();
+        assert!(
+            !bar_lines.is_empty(),
+            "no finished bar for {short}: {shown:?}"
+        );
+        assert!(bar_lines.iter().any(|line| line.contains('[')), "{shown:?}");
+    }
+    assert!(
+        shown.contains(&format!("Digest: {}", image.manifest_digest)),
+        "{shown}"
     );
 }

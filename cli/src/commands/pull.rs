@@ -162,7 +162,7 @@ impl Renderer {
 
 fn state_text(state: &LayerState) -> &'static str {
     match state {
-        LayerState::Waiting => "Waiting",
+        LayerState::Waiting => "Pulling fs layer",
         LayerState::AlreadyExists => "Already exists",
         LayerState::Downloading {
             unpacking: true, ..
