@@ -147,6 +147,18 @@ mod tests {
     }
 
     #[test]
+    fn id_prefixes_are_4_to_64_lowercase_hex() {
+        assert_eq!(id_prefix("3f2a"), Some("3f2a"));
+        assert_eq!(id_prefix("sha256:3f2a9b"), Some("3f2a9b"));
+        assert_eq!(id_prefix(&"a".repeat(64)), Some("a".repeat(64).as_str()));
+        assert_eq!(id_prefix("3f2"), None);
+        assert_eq!(id_prefix("3F2A"), None);
+        assert_eq!(id_prefix("busybox"), None);
+        assert_eq!(id_prefix(&"a".repeat(65)), None);
+        assert_eq!(id_prefix("sha512:3f2a"), None);
+    }
+
+    #[test]
     fn familiar_names_drop_docker_hub() {
         assert_eq!(familiar_name("docker.io/library/busybox"), "busybox");
         assert_eq!(familiar_name("docker.io/user/app"), "user/app");
