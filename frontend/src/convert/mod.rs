@@ -754,7 +754,14 @@ impl<'a> Converter<'a> {
                     continue;
                 }
                 let triggers = self.onbuild_triggers(index, &mut HashSet::new());
-                self.states[index].onbuild_initialized = true;
+                let state = &mut self.states[index];
+                state.onbuild_initialized = true;
+                // The stage consumes its base image's triggers: they are not inherited by its
+                // image, which records only the stage's own ONBUILD instructions (a stage
+                // based on a stage drops its base's OnBuild when it is dispatched).
+                if state.base_stage.is_none() {
+                    state.image.config.on_build = None;
+                }
                 if triggers.is_empty() {
                     continue;
                 }
