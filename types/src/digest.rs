@@ -54,9 +54,15 @@ impl Digest {
 
     /// A digest from a raw 32-byte sha256 hash.
     pub fn from_sha256(hash: [u8; 32]) -> Self {
-        Digest {
-            text: format!("sha256:{}", hex::encode(hash)),
+        // Written directly: one allocation of the final size (the DAG makes one per op).
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = String::with_capacity(7 + 2 * hash.len());
+        text.push_str("sha256:");
+        for byte in hash {
+            text.push(char::from(HEX[usize::from(byte >> 4)]));
+            text.push(char::from(HEX[usize::from(byte & 0x0f)]));
         }
+        Digest { text }
     }
 
     /// The algorithm part (`sha256`).

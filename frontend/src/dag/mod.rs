@@ -11,6 +11,7 @@ pub mod op;
 pub mod print;
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use serde::{Deserialize, Serialize};
 
@@ -68,15 +69,70 @@ pub enum DagError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Definition {
     vertices: Vec<Vertex>,
-    positions: HashMap<Digest, usize>,
+    positions: DigestMap<usize>,
+}
+
+/// A map keyed by digests. A digest is already a sha256, so its hash is a few of its hex
+/// digits (see [`DigestHasher`]) rather than SipHash over all 71 bytes.
+type DigestMap<V> = HashMap<Digest, V, BuildHasherDefault<DigestHasher>>;
+
+/// Hashes a [`Digest`] by the last 16 hex digits of its text (64 bits of a sha256, which no
+/// input can steer), mixed so that every bit of the result depends on them. Other keys hash
+/// correctly too (every byte is mixed in), only without the shortcut.
+#[derive(Default)]
+struct DigestHasher {
+    state: u64,
+}
+
+impl Hasher for DigestHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.rchunks_exact(8);
+        match chunks.next() {
+            // A digest's text: its last 8 bytes, and the 8 before, are hex digits.
+            Some(last) if bytes.len() == 71 => {
+                let before = chunks.next().unwrap_or(last);
+                let mut word = [0u8; 8];
+                word.copy_from_slice(last);
+                let mut other = [0u8; 8];
+                other.copy_from_slice(before);
+                self.mix(u64::from_le_bytes(word) ^ u64::from_le_bytes(other).rotate_left(29));
+            }
+            _ => {
+                for &byte in bytes {
+                    self.mix(u64::from(byte));
+                }
+            }
+        }
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.mix(u64::from(byte));
+    }
+
+    fn finish(&self) -> u64 {
+        self.state
+    }
+}
+
+impl DigestHasher {
+    fn mix(&mut self, value: u64) {
+        // FxHash's step followed by a final avalanche (murmur3's fmix64) so the top bits, which
+        // the table uses for its tags, depend on every input bit.
+        let mut state = (self.state.rotate_left(5) ^ value).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        state ^= state >> 33;
+        state = state.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        state ^= state >> 33;
+        self.state = state;
+    }
 }
 
 impl Definition {
     /// Checks and indexes vertices (from JSON, say): topological order, digests, input indexes.
     pub fn from_vertices(vertices: Vec<Vertex>) -> Result<Self, DagError> {
-        let mut positions = HashMap::with_capacity(vertices.len());
+        let mut positions = DigestMap::with_capacity_and_hasher(vertices.len(), Default::default());
+        let mut buffer = Vec::with_capacity(1024);
         for (position, vertex) in vertices.iter().enumerate() {
-            let computed = op_digest(&vertex.op)?;
+            let computed = op_digest_with(&vertex.op, &mut buffer)?;
             if computed != vertex.digest {
                 return Err(DagError::DigestMismatch {
                     digest: vertex.digest.clone(),
@@ -168,7 +224,7 @@ impl Definition {
 
     /// A definition of vertices known to be in order, with their positions indexed.
     fn indexed(vertices: Vec<Vertex>) -> Definition {
-        let mut positions = HashMap::with_capacity(vertices.len());
+        let mut positions = DigestMap::with_capacity_and_hasher(vertices.len(), Default::default());
         for (position, vertex) in vertices.iter().enumerate() {
             positions.insert(vertex.digest.clone(), position);
         }
@@ -225,9 +281,15 @@ fn check_input_indexes(digest: &Digest, op: &Op) -> Result<(), DagError> {
 /// which leaves out the non-digested fields and starts with the encoding's version. The same
 /// op gives the same bytes on every run and machine; different ops give different bytes.
 pub fn op_digest(op: &Op) -> Result<Digest, DagError> {
-    let mut bytes = Vec::with_capacity(1024);
-    encode::encode_op(op, &mut bytes);
-    Ok(digest_of_hash(sha256(&bytes)))
+    op_digest_with(op, &mut Vec::with_capacity(1024))
+}
+
+/// [`op_digest`] encoding into `buffer` (cleared first), so a caller digesting many ops
+/// allocates the encoding once.
+fn op_digest_with(op: &Op, buffer: &mut Vec<u8>) -> Result<Digest, DagError> {
+    buffer.clear();
+    encode::encode_op(op, buffer);
+    Ok(Digest::from_sha256(sha256(buffer)))
 }
 
 /// sha256 of some bytes. ring's assembly uses AVX2 and BMI where the CPU has them (~1.6x
@@ -240,24 +302,13 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     raw
 }
 
-/// `sha256:<hex>` of a raw hash, written directly (cheaper than going through `format!`).
-fn digest_of_hash(hash: [u8; 32]) -> Digest {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(7 + 2 * hash.len());
-    text.push_str("sha256:");
-    for byte in hash {
-        text.push(char::from(HEX[usize::from(byte >> 4)]));
-        text.push(char::from(HEX[usize::from(byte & 0x0f)]));
-    }
-    // 64 hex digits always parse; the fallback is the same value, only slower.
-    Digest::parse(&text).unwrap_or_else(|_| Digest::from_sha256(hash))
-}
-
 /// Builds a definition op by op; an op added twice (same digest) is kept once, with its first
 /// metadata (`ignore_cache` set if any adder set it).
 #[derive(Debug, Default)]
 pub struct DefinitionBuilder {
     definition: Definition,
+    /// The encoding buffer, kept between ops.
+    buffer: Vec<u8>,
 }
 
 impl DefinitionBuilder {
@@ -267,7 +318,7 @@ impl DefinitionBuilder {
 
     /// Adds an op whose inputs were all added before, and returns its output 0.
     pub fn add(&mut self, op: Op, metadata: OpMetadata) -> Result<Input, DagError> {
-        let digest = op_digest(&op)?;
+        let digest = op_digest_with(&op, &mut self.buffer)?;
         if let Some(&position) = self.definition.positions.get(&digest) {
             // The op keeps its first metadata, but "do not use the cache" from any adder holds
             // (BuildKit merges `IgnoreCache` the same way).
@@ -387,7 +438,11 @@ mod tests {
                 seed,
             ))
             .into();
-            assert_eq!(digest_of_hash(hash), Digest::from_sha256(hash));
+            let hex: String = hash.iter().map(|byte| format!("{byte:02x}")).collect();
+            assert_eq!(
+                Digest::from_sha256(hash),
+                Digest::parse(&format!("sha256:{hex}")).unwrap()
+            );
         }
     }
 
