@@ -189,33 +189,28 @@ impl Lexer {
     }
 }
 
-/// A cursor over the characters of a word (Go's `text/scanner` Peek/Next).
-struct Scanner {
-    characters: Vec<char>,
-    position: usize,
+/// A cursor over the characters of a word (Go's `text/scanner` Peek/Next), reading the word in
+/// place.
+struct Scanner<'w> {
+    /// What is left to read.
+    rest: &'w str,
 }
 
-impl Scanner {
-    fn new(text: &str) -> Scanner {
-        let mut characters: Vec<char> = text.chars().collect();
-        if characters.first() == Some(&'\u{feff}') {
-            characters.remove(0);
-        }
+impl<'w> Scanner<'w> {
+    fn new(text: &'w str) -> Scanner<'w> {
         Scanner {
-            characters,
-            position: 0,
+            rest: text.strip_prefix('\u{feff}').unwrap_or(text),
         }
     }
 
     fn peek(&self) -> Option<char> {
-        self.characters.get(self.position).copied()
+        self.rest.chars().next()
     }
 
     fn next(&mut self) -> Option<char> {
-        let character = self.peek();
-        if character.is_some() {
-            self.position += 1;
-        }
+        let mut characters = self.rest.chars();
+        let character = characters.next();
+        self.rest = characters.as_str();
         character
     }
 }
@@ -289,9 +284,9 @@ impl Words {
 struct ShellWord<'a> {
     lexer: &'a Lexer,
     env: &'a dyn Env,
-    scanner: Scanner,
+    scanner: Scanner<'a>,
     raw_escapes: bool,
-    /// Whether the result is also split into words.
+    /// Whether the result is also split into words, and the variables used are recorded.
     collect_words: bool,
     words_buffer: String,
     depth: usize,
@@ -312,7 +307,7 @@ fn is_special_parameter(character: char) -> bool {
 }
 
 impl<'a> ShellWord<'a> {
-    fn new(lexer: &'a Lexer, word: &str, env: &'a dyn Env) -> ShellWord<'a> {
+    fn new(lexer: &'a Lexer, word: &'a str, env: &'a dyn Env) -> ShellWord<'a> {
         ShellWord {
             lexer,
             env,
@@ -672,7 +667,9 @@ impl<'a> ShellWord<'a> {
 
     fn get_env(&mut self, name: &str) -> Option<String> {
         let value = self.env.lookup(name);
-        if value.is_some() {
+        if !self.collect_words {
+            // `expand_word` reports neither list.
+        } else if value.is_some() {
             self.matched.insert(name.to_string());
         } else {
             self.unmatched.insert(name.to_string());
