@@ -2,7 +2,7 @@
 //! hand (no `Authorization` to another host), and the 401 -> token -> retry dance.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -87,7 +87,10 @@ pub struct RegistryClient {
 }
 
 pub(crate) struct Inner {
-    pub http: reqwest::Client,
+    /// The client for `https://` URLs (system roots plus the extra ones), built on first use.
+    https: OnceLock<reqwest::Client>,
+    /// The client for plain `http://` URLs, without any root certificates, built on first use.
+    plain: OnceLock<reqwest::Client>,
     pub options: ClientOptions,
     auth: Mutex<AuthCache>,
     credentials: Mutex<HashMap<String, Option<Credential>>>,
@@ -145,29 +148,20 @@ impl RegistryClient {
         // reqwest is built without a default crypto provider; ring is ours. Another part of
         // the process may have installed one already, which is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(options.user_agent.clone())
-            .connect_timeout(options.connect_timeout)
-            .read_timeout(options.read_timeout);
+        // The PEM bundles are checked now; the HTTP clients are built on first use (loading
+        // the system's root certificates takes ~15 ms, which a build that never talks to a
+        // registry, or talks only plain HTTP to a loopback one, should not pay).
         for pem in &options.extra_root_certificates_pem {
-            let certificates = reqwest::Certificate::from_pem_bundle(pem).map_err(|error| {
+            reqwest::Certificate::from_pem_bundle(pem).map_err(|error| {
                 RegistryError::InvalidOption {
                     message: format!("extra root certificate: {error}"),
                 }
             })?;
-            for certificate in certificates {
-                builder = builder.add_root_certificate(certificate);
-            }
         }
-        let http = builder
-            .build()
-            .map_err(|error| RegistryError::InvalidOption {
-                message: format!("building the HTTP client: {error}"),
-            })?;
         Ok(RegistryClient {
             inner: Arc::new(Inner {
-                http,
+                https: OnceLock::new(),
+                plain: OnceLock::new(),
                 options,
                 auth: Mutex::new(AuthCache::default()),
                 credentials: Mutex::new(HashMap::new()),
@@ -177,6 +171,45 @@ impl RegistryClient {
 
     pub fn options(&self) -> &ClientOptions {
         &self.inner.options
+    }
+
+    /// The HTTP client for TLS (`tls`) or plain-HTTP URLs, built on first use.
+    fn http_client(&self, tls: bool) -> Result<&reqwest::Client, RegistryError> {
+        let cell = if tls {
+            &self.inner.https
+        } else {
+            &self.inner.plain
+        };
+        if let Some(client) = cell.get() {
+            return Ok(client);
+        }
+        let options = &self.inner.options;
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(options.user_agent.clone())
+            .connect_timeout(options.connect_timeout)
+            .read_timeout(options.read_timeout);
+        if tls {
+            for pem in &options.extra_root_certificates_pem {
+                let certificates = reqwest::Certificate::from_pem_bundle(pem).map_err(|error| {
+                    RegistryError::InvalidOption {
+                        message: format!("extra root certificate: {error}"),
+                    }
+                })?;
+                for certificate in certificates {
+                    builder = builder.add_root_certificate(certificate);
+                }
+            }
+        } else {
+            builder = builder.tls_certs_only(std::iter::empty());
+        }
+        let client = builder
+            .build()
+            .map_err(|error| RegistryError::InvalidOption {
+                message: format!("building the HTTP client: {error}"),
+            })?;
+        // a racing thread may have built one first: either is fine
+        Ok(cell.get_or_init(|| client))
     }
 
     /// Whether a registry is spoken to over plain HTTP.
@@ -274,8 +307,7 @@ impl RegistryClient {
         let mut answered_challenge = false;
         loop {
             let mut builder = self
-                .inner
-                .http
+                .http_client(url.scheme() == "https")?
                 .request(method.clone(), url.clone())
                 .headers(request.headers.clone());
             match &request.auth {

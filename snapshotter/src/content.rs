@@ -160,6 +160,15 @@ impl ContentStore {
         bytes: &[u8],
         expected: Option<&Digest>,
     ) -> Result<(Digest, u64)> {
+        // already stored (a rebuild's config and manifest): protect it, then look, so a
+        // prune cannot remove it in between; no temp file, no fsync
+        let digest = Digest::from_sha256(Sha256::digest(bytes).into());
+        if expected.is_none_or(|expected| *expected == digest) {
+            lease.protect_blob(&digest)?;
+            if self.exists(&digest) {
+                return Ok((digest, bytes.len() as u64));
+            }
+        }
         let mut writer = self.writer(
             lease,
             expected.map(|digest| (digest.clone(), bytes.len() as u64)),

@@ -38,7 +38,7 @@ pub enum StoreError {
     },
     /// The metadata database cannot be opened: it is corrupt or of an unknown format.
     /// Blobs and snapshots on disk are left untouched.
-    #[error("metadata database {path} cannot be opened ({message}); blobs and snapshots are kept, move the file away to start a fresh database")]
+    #[error("metadata database {path} cannot be opened ({message}); blobs and snapshots are kept, move it and its -wal and -shm files away to start a fresh database")]
     MetadataUnreadable { path: PathBuf, message: String },
     /// Another process kept the metadata database locked for too long.
     #[error("metadata database {path} stayed locked by another kiln process for {waited_seconds} seconds")]

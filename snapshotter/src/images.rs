@@ -112,6 +112,12 @@ impl Store {
                 digest: target.digest.clone(),
             });
         }
+        // a rebuild that names the same image again writes (and syncs) nothing
+        if let Some(existing) = self.image(name)? {
+            if existing.target == *target {
+                return Ok(existing);
+            }
+        }
         let record = ImageRecord {
             name: name.to_string(),
             target: target.clone(),
@@ -291,7 +297,7 @@ impl Store {
         for id in &record.cache_mounts {
             validate_cache_mount_id(id)?;
         }
-        self.inner.metadata.write(|txn| {
+        self.inner.metadata.write_volatile(|txn| {
             for id in &record.snapshots {
                 let found = txn.get::<SnapshotRecord>(Table::Snapshots, id.as_str())?;
                 match found {
@@ -335,7 +341,7 @@ impl Store {
     pub fn cache_mount(&self, lease: &Lease, id: &str) -> Result<PathBuf> {
         validate_cache_mount_id(id)?;
         let path = self.inner.layout.cache_mounts.join(id);
-        self.inner.metadata.write(|txn| {
+        self.inner.metadata.write_volatile(|txn| {
             let now = now_unix();
             let record = match txn.get::<CacheMountRecord>(Table::CacheMounts, id)? {
                 Some(mut record) => {

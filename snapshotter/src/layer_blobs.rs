@@ -85,7 +85,7 @@ impl Store {
         if stored.created_unix == 0 {
             stored.created_unix = now_unix();
         }
-        self.inner.metadata.write(|txn| {
+        self.inner.metadata.write_volatile(|txn| {
             match txn.get::<SnapshotRecord>(Table::Snapshots, snapshot.as_str())? {
                 Some(found) if found.kind == SnapshotKind::Committed => {}
                 Some(_) => {

@@ -62,7 +62,7 @@ impl Lease {
         };
         inner
             .metadata
-            .write(|txn| txn.put(Table::Leases, &id, &record))?;
+            .write_volatile(|txn| txn.put(Table::Leases, &id, &record))?;
         Ok(Lease { inner, id })
     }
 
@@ -73,7 +73,7 @@ impl Lease {
 
     /// Protects a blob (present or about to be written).
     pub fn protect_blob(&self, digest: &Digest) -> Result<()> {
-        self.inner.metadata.write(|txn| {
+        self.inner.metadata.write_volatile(|txn| {
             add_to_lease(txn, &self.id, |record| {
                 record.blobs.insert(digest.clone());
             })
@@ -82,7 +82,7 @@ impl Lease {
 
     /// Protects a snapshot and, through it, its parents.
     pub fn protect_snapshot(&self, id: &SnapshotId) -> Result<()> {
-        self.inner.metadata.write(|txn| {
+        self.inner.metadata.write_volatile(|txn| {
             add_to_lease(txn, &self.id, |record| {
                 record.snapshots.insert(id.clone());
             })
@@ -92,7 +92,7 @@ impl Lease {
     /// Protects a cache mount directory.
     pub fn protect_cache_mount(&self, id: &str) -> Result<()> {
         validate_cache_mount_id(id)?;
-        self.inner.metadata.write(|txn| {
+        self.inner.metadata.write_volatile(|txn| {
             add_to_lease(txn, &self.id, |record| {
                 record.cache_mounts.insert(id.to_string());
             })
@@ -109,7 +109,7 @@ impl Lease {
     fn remove_record(&self) -> Result<()> {
         self.inner
             .metadata
-            .write(|txn| txn.remove(Table::Leases, &self.id).map(|_| ()))
+            .write_volatile(|txn| txn.remove(Table::Leases, &self.id).map(|_| ()))
     }
 }
 

@@ -31,6 +31,15 @@
 //! write lock is held for milliseconds and downloads, unpacking, builds and diffs run
 //! outside it, in parallel across processes.
 //!
+//! Records that are worthless after a machine crash are committed without waiting for the
+//! disk (`Metadata::write_volatile`): leases (their processes die with the machine),
+//! snapshot records (a lost one leaves a directory without a record: garbage, removed by
+//! recovery), cache records and layer-blob records (lost ones cost a rebuild or a
+//! recompression). They are visible to other processes at once all the same; the next
+//! durable commit (an image record, a blob) flushes them with it, in order. So a build step
+//! costs no fsync, and a no-change rebuild none but the tag's. Image records, blob records
+//! and prune decisions stay durable.
+//!
 //! The write lock also orders the few file operations that must agree with the records: a
 //! blob is renamed into place, and a prune unlinks blobs, inside a write transaction; a
 //! snapshot or cache mount record is committed before its directory is made, so a directory

@@ -96,11 +96,24 @@ impl Metadata {
         connection
             .execute_batch("PRAGMA synchronous = FULL;")
             .map_err(unreadable)?;
+        // The last connection to close would checkpoint the WAL into the database and delete
+        // it (two fsyncs, and a directory fsync when the next process makes the WAL anew) at
+        // the end of every kiln command; the WAL is checkpointed as it grows instead.
+        connection
+            .set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                true,
+            )
+            .map_err(unreadable)?;
         let metadata = Metadata {
             db_path,
             connection: Mutex::new(connection),
             busy_timeout,
         };
+        if metadata.is_current()? {
+            // the common case: nothing to create, no write (and no fsync) at every open
+            return Ok(metadata);
+        }
         metadata
             .write(|txn| {
                 for table in Table::ALL {
@@ -138,6 +151,36 @@ impl Metadata {
         &self.db_path
     }
 
+    /// Whether every table exists and the schema version is this kiln's.
+    fn is_current(&self) -> Result<bool> {
+        let connection = self
+            .connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let unreadable =
+            |error: rusqlite::Error| classify(&self.db_path, self.busy_timeout, error, true);
+        let tables: i64 = connection
+            .query_row(
+                &format!(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ({})",
+                    Table::ALL
+                        .iter()
+                        .map(|table| format!("'{}'", table.name()))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                [],
+                |row| row.get(0),
+            )
+            .map_err(unreadable)?;
+        if tables != Table::ALL.len() as i64 {
+            return Ok(false);
+        }
+        drop(connection);
+        let version = self.read(|txn| txn.get::<u32>(Table::Info, "schema_version"))?;
+        Ok(version == Some(SCHEMA_VERSION))
+    }
+
     /// Runs `operation` in a read transaction: a consistent snapshot of committed records,
     /// which never waits for writers.
     pub(crate) fn read<T>(&self, operation: impl FnOnce(&ReadTxn<'_>) -> Result<T>) -> Result<T> {
@@ -157,6 +200,32 @@ impl Metadata {
         Ok(value)
     }
 
+    /// Like [`Metadata::write`], but the commit is not flushed to disk before it returns: for
+    /// records that mean nothing after a crash of this machine (leases: their processes are
+    /// gone then too). Other processes see the commit at once all the same, and a power loss
+    /// loses at most these commits, never the database's consistency (WAL frames are
+    /// checksummed; the next durable commit flushes them with its own).
+    pub(crate) fn write_volatile<T>(
+        &self,
+        operation: impl FnOnce(&mut WriteTxn<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut connection = self
+            .connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        connection
+            .execute_batch("PRAGMA synchronous = OFF;")
+            .map_err(|e| classify(&self.db_path, self.busy_timeout, e, false))?;
+        let result =
+            Self::write_locked(&mut connection, &self.db_path, self.busy_timeout, operation);
+        let restored = connection
+            .execute_batch("PRAGMA synchronous = FULL;")
+            .map_err(|e| classify(&self.db_path, self.busy_timeout, e, false));
+        let value = result?;
+        restored?;
+        Ok(value)
+    }
+
     /// Runs `operation` in a write transaction and commits it durably if it succeeds. The
     /// database's write lock is held (against every process) for the whole call, so the
     /// operation may also rename or unlink files that must change together with the records.
@@ -168,16 +237,25 @@ impl Metadata {
             .connection
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Self::write_locked(&mut connection, &self.db_path, self.busy_timeout, operation)
+    }
+
+    fn write_locked<T>(
+        connection: &mut Connection,
+        db_path: &Path,
+        busy_timeout: Duration,
+        operation: impl FnOnce(&mut WriteTxn<'_>) -> Result<T>,
+    ) -> Result<T> {
         let txn = connection
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| classify(&self.db_path, self.busy_timeout, e, false))?;
+            .map_err(|e| classify(db_path, busy_timeout, e, false))?;
         let mut write = WriteTxn {
             txn: &txn,
-            path: &self.db_path,
+            path: db_path,
         };
         let value = operation(&mut write)?;
         txn.commit()
-            .map_err(|e| classify(&self.db_path, self.busy_timeout, e, false))?;
+            .map_err(|e| classify(db_path, busy_timeout, e, false))?;
         Ok(value)
     }
 }

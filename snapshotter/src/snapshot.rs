@@ -121,7 +121,7 @@ impl Snapshotter {
     /// image's chain id, so `resolve_layers` finds it). A key that already names a committed
     /// snapshot is left as it is; returns the snapshot the key names afterwards.
     pub fn add_key(&self, id: &SnapshotId, key: &str) -> Result<SnapshotId> {
-        self.inner.metadata.write(|txn| {
+        self.inner.metadata.write_volatile(|txn| {
             if let Some(existing) = committed_by_key(txn, key)? {
                 return Ok(existing);
             }
@@ -154,7 +154,7 @@ impl Snapshotter {
         key: &str,
         parent: Option<&SnapshotId>,
     ) -> Result<PreparedUnpack> {
-        let existing = self.inner.metadata.write(|txn| {
+        let existing = self.inner.metadata.write_volatile(|txn| {
             if let Some(id) = committed_by_key(txn, key)? {
                 add_to_lease(txn, &lease.id, |record| {
                     record.snapshots.insert(id.clone());
@@ -288,7 +288,7 @@ impl Snapshotter {
         kind: SnapshotKind,
         parent: Option<&SnapshotId>,
     ) -> Result<(SnapshotId, Vec<SnapshotId>)> {
-        self.inner.metadata.write(|txn| {
+        self.inner.metadata.write_volatile(|txn| {
             let chain = match parent {
                 Some(parent) => committed_chain(txn, parent)?,
                 None => Vec::new(),
@@ -328,7 +328,7 @@ impl Snapshotter {
 
     fn commit_record(&self, mut guard: RemoveOnDrop, options: CommitOptions) -> Result<SnapshotId> {
         let id = guard.id.clone();
-        let winner = self.inner.metadata.write(|txn| {
+        let winner = self.inner.metadata.write_volatile(|txn| {
             let mut record: SnapshotRecord = txn
                 .get(Table::Snapshots, id.as_str())?
                 .ok_or_else(|| StoreError::SnapshotNotFound { id: id.to_string() })?;
@@ -368,7 +368,7 @@ impl Snapshotter {
     fn destroy(&self, id: &SnapshotId) -> Result<()> {
         let directory = self.inner.layout.snapshot_dir(id);
         unmount(&directory.join("merged"), true)?;
-        self.inner.metadata.write(|txn| {
+        self.inner.metadata.write_volatile(|txn| {
             let record = txn.get::<SnapshotRecord>(Table::Snapshots, id.as_str())?;
             if record.is_some_and(|record| record.kind != SnapshotKind::Committed) {
                 txn.remove(Table::Snapshots, id.as_str())?;

@@ -141,6 +141,15 @@ fn corrupt_database_is_a_clear_error_and_keeps_blobs() {
         *byte ^= 0x5a;
     }
     std::fs::write(&database, &bytes).unwrap();
+    // the WAL outlives the process (no checkpoint on close): damage its header too, or
+    // SQLite reads the good first page from it
+    let wal = root.path().join("metadata.db-wal");
+    if let Ok(mut bytes) = std::fs::read(&wal) {
+        for byte in bytes.iter_mut().take(32) {
+            *byte ^= 0x5a;
+        }
+        std::fs::write(&wal, &bytes).unwrap();
+    }
     let error = Store::open(root.path()).unwrap_err();
     eprintln!("{error}");
     assert!(
@@ -155,6 +164,8 @@ fn corrupt_database_is_a_clear_error_and_keeps_blobs() {
         .is_file());
     // Moving the file away gives a fresh, working store with the blobs still there.
     std::fs::rename(&database, root.path().join("metadata.db.broken")).unwrap();
+    let _ = std::fs::rename(&wal, root.path().join("metadata.db-wal.broken"));
+    let _ = std::fs::remove_file(root.path().join("metadata.db-shm"));
     let store = Store::open(root.path()).unwrap();
     assert!(store.content().exists(&blob.digest));
 }
