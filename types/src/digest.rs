@@ -56,12 +56,13 @@ impl Digest {
     pub fn from_sha256(hash: [u8; 32]) -> Self {
         // Written directly: one allocation of the final size (the DAG makes one per op).
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut text = String::with_capacity(7 + 2 * hash.len());
-        text.push_str("sha256:");
-        for byte in hash {
-            text.push(char::from(HEX[usize::from(byte >> 4)]));
-            text.push(char::from(HEX[usize::from(byte & 0x0f)]));
+        let mut bytes = *b"sha256:0000000000000000000000000000000000000000000000000000000000000000";
+        for (index, byte) in hash.iter().enumerate() {
+            bytes[7 + 2 * index] = HEX[usize::from(byte >> 4)];
+            bytes[8 + 2 * index] = HEX[usize::from(byte & 0x0f)];
         }
+        // Only ASCII was written, so the conversion cannot fail.
+        let text = std::str::from_utf8(&bytes).unwrap_or_default().to_string();
         Digest { text }
     }
 

@@ -1,8 +1,8 @@
 //! Per-instruction dispatch: each instruction's effect on the stage's filesystem (new ops), its
 //! run-time state (env, cwd, user) and its image config and history, as BuildKit's `dispatch*`.
 
-use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::fmt::Write as _;
 
 use kiln_types::{HealthConfig, History, ImageSpec};
 
@@ -161,18 +161,16 @@ impl Converter<'_> {
             return text.to_string();
         }
         state.command_index += 1;
-        let total = state.command_total.to_string();
-        let position = state.command_index.to_string();
+        let (position, total) = (state.command_index, state.command_total);
         let mut name = String::with_capacity(text.len() + state.display_name.len() + 16);
         name.push('[');
         if !single_stage {
             name.extend([state.display_name.as_str(), " "]);
         }
         // The position is right-aligned to the width of the total.
-        for _ in position.len()..total.len() {
-            name.push(' ');
-        }
-        name.extend([position.as_str(), "/", total.as_str(), "] ", text]);
+        let width = total.to_string().len();
+        let _ = write!(name, "{position:>width$}/{total}] ");
+        name.push_str(text);
         name
     }
 
@@ -182,31 +180,48 @@ impl Converter<'_> {
         lexer.raw_quotes = true;
         lexer.skip_unset_env = true;
         let expanded = if is_plain_word(original, lexer.escape) {
-            original.to_string()
+            Cow::Borrowed(original)
         } else {
             lexer
                 .expand_word(original, &PairsEnv(&self.states[index].env))
-                .unwrap_or_else(|_| original.to_string())
+                .map_or(Cow::Borrowed(original), Cow::Owned)
         };
-        let mut parts = expanded.splitn(2, ' ');
-        let first = parts.next().unwrap_or_default().to_uppercase();
-        let text = match parts.next() {
-            Some(rest) => format!("{first} {rest}"),
-            None => first,
+        let (first, rest) = match expanded.split_once(' ') {
+            Some((first, rest)) => (first, Some(rest)),
+            None => (expanded.as_ref(), None),
         };
+        let mut text = String::with_capacity(expanded.len() + 8);
         if from_onbuild {
-            format!("ONBUILD {text}")
-        } else {
-            text
+            text.push_str("ONBUILD ");
         }
+        if first.is_ascii() {
+            text.extend(
+                first
+                    .chars()
+                    .map(|character| character.to_ascii_uppercase()),
+            );
+        } else {
+            text.push_str(&first.to_uppercase());
+        }
+        if let Some(rest) = rest {
+            text.push(' ');
+            text.push_str(rest);
+        }
+        text
     }
 
     fn expand(&self, index: usize, word: &str) -> Result<String, Failure> {
+        self.expand_borrowed(index, word).map(Cow::into_owned)
+    }
+
+    /// [`Self::expand`] without copying a word that has nothing to expand.
+    fn expand_borrowed<'w>(&self, index: usize, word: &'w str) -> Result<Cow<'w, str>, Failure> {
         if is_plain_word(word, self.lexer.escape) {
-            return Ok(word.to_string());
+            return Ok(Cow::Borrowed(word));
         }
         self.lexer
             .expand_word(word, &PairsEnv(&self.states[index].env))
+            .map(Cow::Owned)
             .map_err(|error| error.to_string())
     }
 
@@ -258,7 +273,7 @@ impl Converter<'_> {
                     )
                 }
                 Instruction::Workdir(workdir) => {
-                    self.expand(index, &workdir.path).and_then(|path| {
+                    self.expand_borrowed(index, &workdir.path).and_then(|path| {
                         self.dispatch_workdir(
                             index,
                             &path,
@@ -532,8 +547,11 @@ impl Converter<'_> {
     }
 
     /// A context source selecting `paths` (relative to the context root).
-    fn context_source(&mut self, paths: &[String]) -> Result<Input, Failure> {
-        let mut include: Vec<String> = paths.iter().map(|path| context_relative(path)).collect();
+    fn context_source<S: AsRef<str>>(&mut self, paths: &[S]) -> Result<Input, Failure> {
+        let mut include: Vec<String> = paths
+            .iter()
+            .map(|path| context_relative(path.as_ref()))
+            .collect();
         if include.iter().any(|path| path == ".") {
             include.clear();
         }
@@ -901,7 +919,13 @@ impl Converter<'_> {
         let env: Vec<String> = state
             .env
             .iter()
-            .map(|(key, value)| [key.as_str(), "=", value].concat())
+            .map(|(key, value)| {
+                let mut entry = String::with_capacity(key.len() + 1 + value.len());
+                entry.push_str(key);
+                entry.push('=');
+                entry.push_str(value);
+                entry
+            })
             .collect();
         let proxy_env: Vec<String> = self
             .proxy_env
@@ -914,8 +938,9 @@ impl Converter<'_> {
             })
             .cloned()
             .collect();
+        let history = run_command_history(&args, &state.build_args, &state.env);
         let exec = ExecOp {
-            args: args.clone(),
+            args,
             env,
             cwd: state.cwd.clone(),
             user: state.user.clone(),
@@ -926,10 +951,6 @@ impl Converter<'_> {
             secret_env,
             proxy_env,
         };
-        let history = format!(
-            "RUN {} # buildkit",
-            run_command_string(&args, &state.build_args, &state.env)
-        );
         let name = self.progress_name(index, &display, single_stage);
         let op = Op {
             inputs,
@@ -952,14 +973,14 @@ impl Converter<'_> {
         end_line: usize,
     ) -> Result<(), Failure> {
         let instruction = if copy.is_add { "ADD" } else { "COPY" };
-        let chown = self.expand(index, copy.chown.unwrap_or_default())?;
-        let chmod_text = self.expand(index, copy.chmod.unwrap_or_default())?;
-        let checksum = self.expand(index, copy.checksum.unwrap_or_default())?;
-        let mut sources = Vec::new();
+        let chown = self.expand_borrowed(index, copy.chown.unwrap_or_default())?;
+        let chmod_text = self.expand_borrowed(index, copy.chmod.unwrap_or_default())?;
+        let checksum = self.expand_borrowed(index, copy.checksum.unwrap_or_default())?;
+        let mut sources = Vec::with_capacity(copy.files.sources.len());
         for source in &copy.files.sources {
-            sources.push(self.expand(index, source)?);
+            sources.push(self.expand_borrowed(index, source)?);
         }
-        let dest_written = self.expand(index, &copy.files.dest)?;
+        let dest_written = self.expand_borrowed(index, &copy.files.dest)?;
         let mut contents = Vec::new();
         for content in &copy.files.contents {
             let (name, data) = (&content.path, &content.data);
@@ -992,7 +1013,7 @@ impl Converter<'_> {
         } else {
             Some(match parse_chmod(&chmod_text)? {
                 ParsedChmod::Octal(bits) => Chmod::Octal(bits),
-                ParsedChmod::Symbolic(_) => Chmod::Symbolic(chmod_text.clone()),
+                ParsedChmod::Symbolic(_) => Chmod::Symbolic(chmod_text.to_string()),
             })
         };
         if !checksum.is_empty() {
@@ -1003,7 +1024,8 @@ impl Converter<'_> {
                 return Err("checksum requires HTTP(S) or Git sources".into());
             }
         }
-        let mut message = String::from(instruction);
+        let mut message = String::with_capacity(64);
+        message.push_str(instruction);
         if copy.parents {
             message.push_str(" --parents");
         }
@@ -1022,10 +1044,10 @@ impl Converter<'_> {
                 Some(self.stage_output(source, "copy", index)?)
             }
             None => {
-                let local: Vec<String> = sources
+                let local: Vec<&str> = sources
                     .iter()
+                    .map(|source| source.as_ref())
                     .filter(|source| !is_http_source(source) && !is_git_source(source))
-                    .cloned()
                     .collect();
                 if local.is_empty() {
                     None
@@ -1079,7 +1101,7 @@ impl Converter<'_> {
                         reference,
                         subdir,
                         keep_git_dir: copy.keep_git_dir.unwrap_or(false),
-                        checksum: (!checksum.is_empty()).then(|| checksum.clone()),
+                        checksum: (!checksum.is_empty()).then(|| checksum.to_string()),
                     })),
                 };
                 let git =
@@ -1100,7 +1122,7 @@ impl Converter<'_> {
                     inputs: vec![],
                     platform: None,
                     kind: OpKind::Source(SourceOp::Http(HttpSource {
-                        url: source.clone(),
+                        url: source.to_string(),
                         checksum: checksum_digest,
                         filename: filename.clone(),
                         permissions: None,
@@ -1115,13 +1137,13 @@ impl Converter<'_> {
             } else {
                 let local = local_input.clone().ok_or("no source for copy")?;
                 let position = input_index(&mut inputs, local);
-                let mut source_path = source.clone();
+                let mut source_path = source.to_string();
                 let mut include_patterns = Vec::new();
                 let mut required_paths = Vec::new();
                 if copy.parents {
                     let (parent, pattern) = match source.split_once("/./") {
                         Some((parent, pattern)) => (parent.to_string(), pattern.to_string()),
-                        None => ("/".to_string(), source.clone()),
+                        None => ("/".to_string(), source.to_string()),
                     };
                     let pattern = normalize_path("/", &pattern);
                     include_patterns.push(pattern.trim_start_matches('/').to_string());
@@ -1486,39 +1508,44 @@ fn summarize_heredoc(document: &str) -> String {
     }
 }
 
-/// `|N K=V ... args` for history, as BuildKit's `runCommandString`.
-fn run_command_string(
+/// `RUN |N K=V ... args # buildkit` for history, as BuildKit's `runCommandString`.
+fn run_command_history(
     args: &[String],
     build_args: &[(String, Option<String>)],
     env: &[(String, String)],
 ) -> String {
-    // Each name once, where it was first declared, with its last value.
+    // Each name once, where it was first declared, with its last value. A stage declares a
+    // few dozen names at most, so a scan beats hashing them.
     let mut entries: Vec<(&str, &str)> = Vec::with_capacity(build_args.len());
-    let mut positions: HashMap<&str, usize> = HashMap::with_capacity(build_args.len());
     for (key, value) in build_args {
         let value = env_get(env, key).or(value.as_deref()).unwrap_or_default();
-        match positions.entry(key.as_str()) {
-            Entry::Occupied(position) => entries[*position.get()].1 = value,
-            Entry::Vacant(slot) => {
-                slot.insert(entries.len());
-                entries.push((key, value));
-            }
+        match entries.iter_mut().find(|(existing, _)| *existing == key) {
+            Some(entry) => entry.1 = value,
+            None => entries.push((key, value)),
         }
     }
-    let mut text = String::new();
-    let mut separator = "";
-    if !entries.is_empty() {
-        text.push('|');
-        text.push_str(&entries.len().to_string());
-        separator = " ";
+    let length = entries
+        .iter()
+        .map(|(key, value)| key.len() + value.len() + 2)
+        .chain(args.iter().map(|arg| arg.len() + 1))
+        .sum::<usize>();
+    let mut text = String::with_capacity(length + 24);
+    text.push_str("RUN");
+    let entries_empty = entries.is_empty();
+    if !entries_empty {
+        let _ = write!(text, " |{}", entries.len());
         for (key, value) in entries {
-            text.extend([separator, key, "=", value]);
+            text.extend([" ", key, "=", value]);
         }
+    }
+    if entries_empty && args.is_empty() {
+        // BuildKit's `RUN %s # buildkit` of an empty string.
+        text.push(' ');
     }
     for arg in args {
-        text.extend([separator, arg.as_str()]);
-        separator = " ";
+        text.extend([" ", arg.as_str()]);
     }
+    text.push_str(" # buildkit");
     text
 }
 

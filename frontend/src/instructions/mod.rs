@@ -521,6 +521,14 @@ impl Request<'_> {
 
     /// The single argument of USER, WORKDIR, MAINTAINER, STOPSIGNAL.
     fn exactly_one(&self) -> Result<String, Error> {
+        if let Args::Words(words) = &self.node.args {
+            // The common case, without copying the list first.
+            if let [one] = words.as_slice() {
+                if !one.trim().is_empty() {
+                    return Ok(one.clone());
+                }
+            }
+        }
         match self.words().as_slice() {
             [one] if !one.trim().is_empty() => Ok(one.clone()),
             _ => Err(self.error(format!("{} requires exactly one argument", self.name()))),

@@ -345,9 +345,12 @@ impl<'a> Parser<'a> {
 
             let mut node = new_node_from_line(&line, self.escape, std::mem::take(&mut comments), 0)
                 .map_err(|message| self.error_at(start_line, message))?;
+            // The node keeps the joined line as its original text (no copy).
+            node.original = line;
+            let line = node.original.as_str();
 
             if can_contain_heredoc(&node) && line.contains("<<") {
-                let heredocs = heredoc::heredocs_from_line(&line)
+                let heredocs = heredoc::heredocs_from_line(line)
                     .map_err(|error| self.error_at(start_line, error.to_string()))?;
                 for mut heredoc in heredocs {
                     let mut terminated = false;
@@ -416,7 +419,8 @@ fn after_first_character(line: &str) -> &str {
     characters.as_str()
 }
 
-/// Splits a joined line and parses its arguments for its instruction.
+/// Splits a joined line and parses its arguments for its instruction. The node's `original`
+/// is left empty for the caller to fill.
 fn new_node_from_line(
     line: &str,
     escape: char,
@@ -424,7 +428,11 @@ fn new_node_from_line(
     nesting: usize,
 ) -> Result<Node, String> {
     let (command, flags, rest) = line_parsers::split_command(line, escape);
-    let keyword = command.to_lowercase();
+    let keyword = if command.is_ascii() {
+        command.to_ascii_lowercase()
+    } else {
+        command.to_lowercase()
+    };
     let parsed = match keyword.as_str() {
         "add" | "copy" | "volume" => line_parsers::parse_maybe_json_to_list(rest)?,
         "arg" => line_parsers::parse_name_or_name_value(rest, escape),
@@ -446,7 +454,8 @@ fn new_node_from_line(
                         "ONBUILD nested more than {MAX_ONBUILD_NESTING} deep"
                     ));
                 }
-                let inner = new_node_from_line(rest, escape, Vec::new(), nesting + 1)?;
+                let mut inner = new_node_from_line(rest, escape, Vec::new(), nesting + 1)?;
+                inner.original = rest.to_string();
                 ParsedArgs {
                     args: Args::Nested(Box::new(inner)),
                     json_form: false,
@@ -465,7 +474,8 @@ fn new_node_from_line(
         args: parsed.args,
         json_form: parsed.json_form,
         heredocs: Vec::new(),
-        original: line.to_string(),
+        // The caller sets it (the top level moves the joined line in).
+        original: String::new(),
         start_line: 0,
         end_line: 0,
         prev_comment,
