@@ -1323,11 +1323,18 @@ impl<'c> CopyRequest<'c> {
 /// Docker's image config `Env` update: replace in place, else append.
 fn add_env(image: &mut ImageSpec, key: &str, value: &str) {
     let env = image.config.env.get_or_insert_with(Vec::new);
-    let entry = [key, "=", value].concat();
-    match env
-        .iter_mut()
-        .find(|existing| existing.split('=').next() == Some(key))
-    {
+    let mut entry = String::with_capacity(key.len() + 1 + value.len());
+    entry.push_str(key);
+    entry.push('=');
+    entry.push_str(value);
+    // `existing`'s name (up to its first `=`) is `key`: a key with a `=` never matches.
+    let same_name = |existing: &String| {
+        !key.contains('=')
+            && existing.len() > key.len()
+            && existing.as_bytes()[key.len()] == b'='
+            && existing.starts_with(key)
+    };
+    match env.iter_mut().find(|existing| same_name(existing)) {
         Some(existing) => *existing = entry,
         None => env.push(entry),
     }

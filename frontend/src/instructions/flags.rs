@@ -30,7 +30,7 @@ pub(crate) struct ParsedFlags {
     arrays: BTreeMap<&'static str, Vec<String>>,
     bools: BTreeMap<&'static str, bool>,
     /// Names of the flags used, in order of first use.
-    pub(crate) used: Vec<String>,
+    pub(crate) used: Vec<&'static str>,
 }
 
 impl ParsedFlags {
@@ -72,7 +72,7 @@ pub(crate) fn parse_flags(
             Some((name, value)) => (name, Some(value)),
             None => (body, None),
         };
-        let flag_name = format!("--{name}");
+        let flag_name = || format!("--{name}");
         let Some(&(accepted_name, kind)) =
             accepted.iter().find(|(candidate, _)| *candidate == name)
         else {
@@ -81,27 +81,30 @@ pub(crate) fn parse_flags(
                     .map(|name| format!("--{name}"));
             return Err(FlagError {
                 flag: flag.clone(),
-                message: format!("unknown flag: {flag_name}"),
+                message: format!("unknown flag: {}", flag_name()),
                 suggestion,
             });
         };
-        let already_used = parsed.used.iter().any(|used| used == name);
+        let already_used = parsed.used.contains(&accepted_name);
         if already_used && kind != FlagKind::Strings {
-            return Err(error(format!("duplicate flag specified: {flag_name}")));
+            return Err(error(format!("duplicate flag specified: {}", flag_name())));
         }
         if !already_used {
-            parsed.used.push(name.to_string());
+            parsed.used.push(accepted_name);
         }
         match kind {
             FlagKind::Bool => {
                 let truth = match value.map(str::to_ascii_lowercase).as_deref() {
                     None => true,
-                    Some("") => return Err(error(format!("missing a value on flag: {flag_name}"))),
+                    Some("") => {
+                        return Err(error(format!("missing a value on flag: {}", flag_name())))
+                    }
                     Some("true") => true,
                     Some("false") => false,
                     Some(_) => {
                         return Err(error(format!(
-                            "expecting boolean value for flag {flag_name}, not: {}",
+                            "expecting boolean value for flag {}, not: {}",
+                            flag_name(),
                             value.unwrap_or_default()
                         )))
                     }
@@ -110,13 +113,13 @@ pub(crate) fn parse_flags(
             }
             FlagKind::String => {
                 let Some(value) = value else {
-                    return Err(error(format!("missing a value on flag: {flag_name}")));
+                    return Err(error(format!("missing a value on flag: {}", flag_name())));
                 };
                 parsed.strings.insert(accepted_name, value.to_string());
             }
             FlagKind::Strings => {
                 let Some(value) = value else {
-                    return Err(error(format!("missing a value on flag: {flag_name}")));
+                    return Err(error(format!("missing a value on flag: {}", flag_name())));
                 };
                 parsed
                     .arrays

@@ -780,7 +780,7 @@ fn parse_run(request: &Request) -> Result<RunInstruction, Error> {
         mounts,
         network,
         security,
-        flags_used: flags.used,
+        flags_used: flags.used.iter().map(|name| name.to_string()).collect(),
     })
 }
 
