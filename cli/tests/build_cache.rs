@@ -385,7 +385,6 @@ fn a_built_image_is_a_base_from_the_store_and_runs_its_onbuild_triggers() {
 }
 
 #[test]
-#[ignore = "bug: frontend keeps the base image's OnBuild in the child's config after running the triggers (BuildKit clears it)"]
 fn onbuild_triggers_of_a_base_image_are_not_inherited_by_the_child() {
     let root = build_parent_then_child();
     let config = root.image_config("cache-test:latest");
