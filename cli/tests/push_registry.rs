@@ -83,6 +83,41 @@ fn push_a_built_image_pull_it_back_and_run_it() {
     assert!(pulled.contains(&format!("Digest: {digest}")), "{pulled}");
     let ran = fresh.ok(&["run", "--rm", &app]);
     assert_eq!(ran.trim(), "pushed-and-back");
+
+    // The store keeps the built layer uncompressed (as Docker's does); the push compressed
+    // it with gzip, and the image (its config, its id) is the same on both sides.
+    let local: serde_json::Value =
+        serde_json::from_str(&kiln.ok(&["inspect", &app])).expect("inspect json");
+    let remote: serde_json::Value =
+        serde_json::from_str(&fresh.ok(&["inspect", &app])).expect("inspect json");
+    let local_text = local.to_string();
+    let remote_text = remote.to_string();
+    assert!(
+        local_text.contains("\"application/vnd.docker.image.rootfs.diff.tar\""),
+        "{local_text}"
+    );
+    assert!(
+        !remote_text.contains("\"application/vnd.docker.image.rootfs.diff.tar\""),
+        "{remote_text}"
+    );
+    assert!(
+        remote_text.contains("application/vnd.docker.image.rootfs.diff.tar.gzip"),
+        "{remote_text}"
+    );
+    let id = |value: &serde_json::Value| {
+        value
+            .as_array()
+            .and_then(|items| items.first())
+            .unwrap_or(value)["Id"]
+            .clone()
+    };
+    assert!(
+        id(&local)
+            .as_str()
+            .is_some_and(|id| id.starts_with("sha256:")),
+        "{local_text}"
+    );
+    assert_eq!(id(&local), id(&remote));
 }
 
 #[test]

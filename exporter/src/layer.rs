@@ -190,7 +190,12 @@ impl LayerExporter {
             }
         }
         let directory = self.store.snapshotter().fs_dir(snapshot);
-        let blob = self.store.content().writer(lease, None)?;
+        let uncompressed = effective_level(options.compression, options.level).is_none();
+        let mut blob = self.store.content().writer(lease, None)?;
+        if uncompressed {
+            // the blob is the tar itself: its digest is the diffID, hashed once below
+            blob = blob.without_hashing();
+        }
         let mut compressor =
             LayerCompressor::new(blob, options.compression, options.level, self.threads)
                 .map_err(|error| ExportError::io("starting the layer compressor", error))?;
@@ -201,7 +206,11 @@ impl LayerExporter {
         let blob = compressor
             .finish()
             .map_err(|error| ExportError::io("compressing the layer", error))?;
-        let (digest, size) = blob.commit()?;
+        let (digest, size) = if uncompressed {
+            blob.commit_with_digest(stats.diff_id.clone())?
+        } else {
+            blob.commit()?
+        };
         let exported = LayerBlobRecord {
             media_type: media_type.to_string(),
             digest: digest.clone(),

@@ -23,6 +23,7 @@ use kiln_types::{media_type, Descriptor, Digest, Platform};
 
 use crate::archive::resolve_for_archive;
 use crate::error::{ExportError, Result};
+use crate::layer::{LayerExporter, LayerOptions};
 
 /// Layers uploaded at once by default (`docker push` uses 5).
 pub const DEFAULT_CONCURRENT_UPLOADS: usize = 5;
@@ -58,6 +59,10 @@ pub struct PushOptions {
     /// Look for other stored images of the same registry to mount blobs from.
     pub mount_from_other_repositories: bool,
     pub progress: Option<PushProgress>,
+    /// Compress the layers a stored single-platform image keeps uncompressed (kiln's store
+    /// keeps built layers uncompressed, as Docker's does) this way before pushing, as
+    /// `docker push` does; `None` pushes the stored manifest as it is.
+    pub compress_uncompressed: Option<LayerOptions>,
 }
 
 impl Default for PushOptions {
@@ -67,6 +72,7 @@ impl Default for PushOptions {
             platform: Platform::host(),
             mount_from_other_repositories: true,
             progress: None,
+            compress_uncompressed: Some(LayerOptions::default()),
         }
     }
 }
@@ -116,6 +122,27 @@ pub async fn push_image(
     reference: &Reference,
     options: &PushOptions,
 ) -> Result<PushReport> {
+    let compressed;
+    let target = match &options.compress_uncompressed {
+        Some(layer_options) => {
+            let (store, target, platform, layer_options) = (
+                store.clone(),
+                target.clone(),
+                options.platform.clone(),
+                *layer_options,
+            );
+            compressed = tokio::task::spawn_blocking(move || {
+                compress_uncompressed_layers(&store, &target, &platform, &layer_options)
+            })
+            .await
+            .map_err(|error| ExportError::UnexportableImage {
+                name: name.to_string(),
+                reason: format!("compressing layers: {error}"),
+            })??;
+            &compressed
+        }
+        None => target,
+    };
     let resolved = resolve_for_archive(store, name, target, &options.platform, true)?;
     let (documents, blobs): (Vec<Descriptor>, Vec<Descriptor>) =
         resolved.blobs.iter().cloned().partition(|descriptor| {
@@ -194,6 +221,63 @@ pub async fn push_image(
         descriptor: Descriptor::new(top.media_type.clone(), top.digest.clone(), top.size),
         blobs: report_blobs,
     })
+}
+
+/// `target` itself, or, when it is a single-platform manifest with uncompressed layers, a
+/// manifest (stored now) whose uncompressed layers are compressed as `layer_options` say;
+/// each conversion is recorded against the layer's snapshot when it is unpacked, so the next
+/// push reuses it. The config (and so the image id) is the same.
+pub fn compress_uncompressed_layers(
+    store: &Store,
+    target: &Descriptor,
+    platform: &Platform,
+    layer_options: &LayerOptions,
+) -> Result<Descriptor> {
+    if !media_type::is_manifest(&target.media_type) {
+        return Ok(target.clone());
+    }
+    let resolved = store.resolve_layers(target, platform)?;
+    let uncompressed = |descriptor: &Descriptor| {
+        media_type::layer_compression(&descriptor.media_type)
+            == Some(media_type::Compression::Uncompressed)
+    };
+    if !resolved
+        .layers
+        .iter()
+        .any(|layer| uncompressed(&layer.descriptor))
+    {
+        return Ok(target.clone());
+    }
+    let lease = store.lease("push: compressing layers")?;
+    let exporter = LayerExporter::new(store);
+    let mut manifest = resolved.manifest.clone();
+    // OCI manifests get OCI layer types, Docker's Docker's
+    let mut options = *layer_options;
+    options.oci_media_types = options.oci_media_types
+        || target.media_type == media_type::OCI_MANIFEST
+        || options.compression == media_type::Compression::Zstd;
+    for (position, layer) in resolved.layers.iter().enumerate() {
+        if !uncompressed(&layer.descriptor) {
+            continue;
+        }
+        let converted = exporter.convert_layer(
+            &lease,
+            &layer.descriptor,
+            &layer.diff_id,
+            layer.snapshot.as_ref(),
+            &options,
+        )?;
+        if let Some(entry) = manifest.layers.get_mut(position) {
+            *entry = converted;
+        }
+    }
+    let bytes =
+        kiln_types::canonical_json(&manifest).map_err(|error| ExportError::UnexportableImage {
+            name: target.digest.to_string(),
+            reason: format!("encoding the manifest: {error}"),
+        })?;
+    let (digest, size) = store.content().put_bytes(&lease, &bytes, None)?;
+    Ok(Descriptor::new(target.media_type.clone(), digest, size))
 }
 
 fn is_config(descriptor: &Descriptor) -> bool {

@@ -6,10 +6,10 @@ use std::io::{Read, Write};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _};
+use kiln_types::Sha256;
 use kiln_types::{Descriptor, Digest};
 use reqwest::header::{HeaderValue, CONTENT_RANGE, RANGE};
 use reqwest::{Method, StatusCode};
-use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 
 use crate::auth::Scope;

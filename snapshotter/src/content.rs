@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kiln_types::Digest;
+use kiln_types::Sha256;
 use rustix::fs::{flock, FlockOperation};
-use sha2::{Digest as _, Sha256};
 
 use crate::error::{Result, StoreError};
 use crate::fsutil::fsync_dir;
@@ -144,6 +144,7 @@ impl ContentStore {
             path,
             keyed,
             hasher: Sha256::new(),
+            hashing: true,
             written: 0,
             expected,
             finished: false,
@@ -266,6 +267,8 @@ pub struct BlobWriter {
     /// Whether `path` is `ingest/<expected hex>` (resumable) rather than a private name.
     keyed: bool,
     hasher: Sha256,
+    /// False when the caller hashes the bytes itself (see [`BlobWriter::without_hashing`]).
+    hashing: bool,
     written: u64,
     expected: Option<(Digest, u64)>,
     finished: bool,
@@ -349,10 +352,47 @@ impl BlobWriter {
     /// Flushes the bytes to disk, checks size and digest, and moves the blob into place.
     /// A blob that is already there (another writer finished first) is success.
     pub fn commit(mut self) -> Result<(Digest, u64)> {
+        if !self.hashing {
+            self.poisoned = true;
+            return Err(StoreError::io(
+                "commit",
+                &self.path,
+                io::Error::other("a writer without hashing needs commit_with_digest"),
+            ));
+        }
+        let digest = Digest::from_sha256(std::mem::take(&mut self.hasher).finalize());
+        self.commit_as(digest)
+    }
+
+    /// For bytes the caller hashes anyway (a layer kiln writes uncompressed: its digest is
+    /// the diffID the tar writer computes), so the same bytes are not hashed twice: the
+    /// writer does not hash, and [`commit_with_digest`](Self::commit_with_digest) takes the
+    /// caller's digest. Only for bytes kiln produced itself, never for downloads.
+    pub fn without_hashing(mut self) -> Self {
+        self.hashing = false;
+        self
+    }
+
+    /// Commits under `digest`, the sha256 of the bytes as the caller computed it (see
+    /// [`without_hashing`](Self::without_hashing)).
+    pub fn commit_with_digest(mut self, digest: Digest) -> Result<(Digest, u64)> {
+        if self.hashing {
+            let own = Digest::from_sha256(std::mem::take(&mut self.hasher).finalize());
+            if own != digest {
+                self.poisoned = true;
+                return Err(StoreError::DigestMismatch {
+                    expected: digest,
+                    found: own,
+                });
+            }
+        }
+        self.commit_as(digest)
+    }
+
+    fn commit_as(mut self, digest: Digest) -> Result<(Digest, u64)> {
         self.file
             .sync_all()
             .map_err(|e| StoreError::io("fsync", &self.path, e))?;
-        let digest = Digest::from_sha256(std::mem::take(&mut self.hasher).finalize().into());
         let size = self.written;
         if let Some((expected_digest, expected_size)) = &self.expected {
             if size != *expected_size {
@@ -405,7 +445,9 @@ impl Write for BlobWriter {
             }
         }
         let written = self.file.write(buffer)?;
-        self.hasher.update(&buffer[..written]);
+        if self.hashing {
+            self.hasher.update(&buffer[..written]);
+        }
         self.written += written as u64;
         Ok(written)
     }

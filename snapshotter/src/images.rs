@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
+use kiln_types::Sha256;
 use kiln_types::{media_type, Descriptor, Digest, ImageIndex, ImageManifest, ImageSpec, Platform};
-use sha2::{Digest as _, Sha256};
 
 use crate::error::{Result, StoreError};
 use crate::fsutil::{create_dir_all, now_unix};

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use sha2::{Digest as _, Sha256};
+use crate::sha256::Sha256;
 
 /// A validated sha256 digest. The only way to build one checks its form, so a `Digest` is
 /// always safe to use as a file name.

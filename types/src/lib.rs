@@ -7,12 +7,14 @@ pub mod digest;
 pub mod image;
 pub mod media_type;
 pub mod platform;
+pub mod sha256;
 
 pub use digest::{Digest, DigestError, Sha256Writer};
 pub use image::{
     Descriptor, HealthConfig, History, ImageConfig, ImageIndex, ImageManifest, ImageSpec, RootFs,
 };
 pub use platform::{Platform, PlatformError};
+pub use sha256::{PipelinedSha256Writer, Sha256};
 
 /// Serializes a value as canonical JSON: object keys sorted, no insignificant whitespace.
 ///

@@ -7,7 +7,6 @@ use kiln_frontend::dag::HttpSource;
 use kiln_snapshotter::CommitOptions;
 use kiln_solver::{ExecContext, WorkerError};
 use kiln_types::Digest;
-use sha2::Digest as _;
 
 use crate::build::{BuildError, BuildWorker};
 use crate::value::Value;
@@ -30,7 +29,7 @@ pub async fn download(
         return Err(BuildError::Other(format!("{}: {}", http.url, response.status())).into());
     }
     let bytes = response.bytes().await?;
-    let digest = Digest::from_sha256(sha2::Sha256::digest(&bytes).into());
+    let digest = Digest::from_sha256(kiln_types::Sha256::digest(&bytes));
     if let Some(expected) = &http.checksum {
         if &digest != expected {
             return Err(BuildError::Other(format!(

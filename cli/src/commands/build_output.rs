@@ -66,6 +66,9 @@ impl BuildOutput {
 pub struct ExportSettings {
     /// `compression=gzip|zstd|uncompressed` (gzip by default).
     pub compression: Compression,
+    /// Whether `compression=` was given (the store's own default differs: see
+    /// `build_run`).
+    pub compression_given: bool,
     /// `compression-level=N`: gzip 0-9, zstd 0-22 (0 is zstd's default, 3).
     pub level: Option<i32>,
     /// `force-compression=true`: layers stored in another compression (a pulled base
@@ -84,6 +87,7 @@ impl Default for ExportSettings {
     fn default() -> Self {
         ExportSettings {
             compression: Compression::Gzip,
+            compression_given: false,
             level: None,
             force_compression: false,
             oci_media_types: None,
@@ -169,6 +173,7 @@ pub fn parse_outputs(specs: &[String]) -> anyhow::Result<Vec<BuildOutput>> {
                 "name" if !value.is_empty() => names.push(value.to_string()),
                 "name" => {}
                 "compression" => {
+                    export.compression_given = true;
                     export.compression = match value {
                         "gzip" => Compression::Gzip,
                         "zstd" => Compression::Zstd,

@@ -37,7 +37,7 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let outputs = super::build_output::parse_outputs(&args.outputs)?;
-    let stored_export = super::build_output::store_export(&outputs)?;
+    let mut stored_export = super::build_output::store_export(&outputs)?;
     let tags = args
         .tags
         .iter()
@@ -47,6 +47,13 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let push_after_build = super::push::build_wants_push(args.push, &args.outputs)?;
     if push_after_build && tags.is_empty() {
         bail!("pushing needs a name: use -t NAME[:TAG]");
+    }
+    // Layers that stay on this machine are kept uncompressed, as Docker's image store does:
+    // compressing is most of the export's time, and `kiln push` (like `docker push`)
+    // compresses them when they leave. A build that pushes or exports a cache compresses
+    // them now, so the image and the cache share their blobs.
+    if !stored_export.compression_given && !push_after_build && args.cache_to.is_empty() {
+        stored_export.compression = kiln_types::media_type::Compression::Uncompressed;
     }
     let settings = build_settings(&args)?;
     let (dockerfile_name, dockerfile_path, text) = read_dockerfile(&args)?;

@@ -7,8 +7,8 @@ use std::sync::mpsc;
 
 use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
+use kiln_types::Sha256;
 use kiln_types::{Digest, Sha256Writer};
-use sha2::{Digest as _, Sha256};
 
 use super::diff::{write_entries, DiffOptions, DiffStats, WalkMode};
 use super::{ArchiveError, Compression};

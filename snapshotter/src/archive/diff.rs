@@ -13,7 +13,7 @@ use std::io::{self, BufWriter, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use kiln_types::{Digest, Sha256Writer};
+use kiln_types::{Digest, PipelinedSha256Writer};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use super::path::join;
@@ -90,7 +90,8 @@ pub(crate) fn write_layer<W: Write>(
     options: &DiffOptions,
     mode: WalkMode,
 ) -> Result<DiffStats, ArchiveError> {
-    let (counts, hashing) = write_entries(dir, Sha256Writer::new(writer), options, mode)?;
+    // the diffID is hashed on a thread of its own, beside the walk and the writes
+    let (counts, hashing) = write_entries(dir, PipelinedSha256Writer::new(writer), options, mode)?;
     let (diff_id, size, _writer) = hashing.finish();
     Ok(counts.into_stats(diff_id, size))
 }

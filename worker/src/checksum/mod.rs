@@ -23,8 +23,8 @@ use std::path::PathBuf;
 
 use kiln_frontend::dag::op::CopyAction;
 use kiln_types::Digest;
+use kiln_types::Sha256;
 use rayon::prelude::*;
-use sha2::{Digest as _, Sha256};
 
 pub use cache::{ChecksumCache, RACY_WINDOW_NANOS};
 
