@@ -106,20 +106,8 @@ pub fn build_image(
         &new_layers,
         config.rootfs.diff_ids.len(),
     );
-    match options.image_epoch() {
-        Some(epoch) => clamp_times(&mut config, epoch),
-        None => {
-            // As BuildKit: a new layer's history time is when its snapshot was made (kept
-            // with the cache, so a cached rebuild gives the same config), and the image's
-            // `created` the latest of them.
-            let mut times = Vec::with_capacity(layers.len());
-            for (snapshot, layer) in layers.iter().zip(&new_layers) {
-                if !layer.empty {
-                    times.push(store.snapshotter().info(snapshot)?.created_unix as i64);
-                }
-            }
-            fill_times(&mut config, &times);
-        }
+    if let Some(epoch) = options.image_epoch() {
+        clamp_times(&mut config, epoch);
     }
 
     let (manifest_type, config_type) = if oci {
@@ -223,32 +211,6 @@ fn normalize_history(
     history
 }
 
-/// History entries without a time (this build's) get the time of their layer (`layer_times`:
-/// one per new non-empty layer, in order); entries without a layer the time of the layer
-/// before them (or of the first, before any). The image's `created` becomes the latest time.
-fn fill_times(config: &mut ImageSpec, layer_times: &[i64]) {
-    let Some(&first) = layer_times.first() else {
-        return;
-    };
-    let mut next_layer = 0;
-    let mut current = first;
-    for entry in &mut config.history {
-        if entry.created.is_some() {
-            continue;
-        }
-        if !entry.empty_layer {
-            if let Some(&time) = layer_times.get(next_layer) {
-                current = time;
-                next_layer += 1;
-            }
-        }
-        entry.created = Some(format_rfc3339(current));
-    }
-    if let Some(&latest) = layer_times.iter().max() {
-        config.created = Some(format_rfc3339(latest));
-    }
-}
-
 /// SOURCE_DATE_EPOCH: the image's `created` is the epoch, and history times after it (or
 /// unreadable) become the epoch.
 fn clamp_times(config: &mut ImageSpec, epoch: i64) {
@@ -284,46 +246,6 @@ mod tests {
             empty_layer,
             ..History::default()
         }
-    }
-
-    #[test]
-    fn history_times_come_from_the_layers_and_created_is_the_latest() {
-        let mut base = entry("base", false);
-        base.created = Some("2001-01-01T00:00:00Z".into());
-        let mut config = ImageSpec {
-            history: vec![
-                base,
-                entry("ENV", true),
-                entry("RUN a", false),
-                entry("LABEL", true),
-                entry("RUN b", false),
-            ],
-            ..ImageSpec::default()
-        };
-        fill_times(&mut config, &[1_000_000_000, 1_000_000_100]);
-        let times: Vec<&str> = config
-            .history
-            .iter()
-            .map(|entry| entry.created.as_deref().unwrap_or(""))
-            .collect();
-        assert_eq!(
-            times,
-            [
-                "2001-01-01T00:00:00Z",
-                "2001-09-09T01:46:40Z",
-                "2001-09-09T01:46:40Z",
-                "2001-09-09T01:46:40Z",
-                "2001-09-09T01:48:20Z"
-            ]
-        );
-        assert_eq!(config.created.as_deref(), Some("2001-09-09T01:48:20Z"));
-        // no new layers: nothing is invented
-        let mut unchanged = ImageSpec {
-            history: vec![entry("ENV", true)],
-            ..ImageSpec::default()
-        };
-        fill_times(&mut unchanged, &[]);
-        assert!(unchanged.created.is_none() && unchanged.history[0].created.is_none());
     }
 
     #[test]
