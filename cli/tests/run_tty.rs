@@ -111,8 +111,17 @@ fn interactive_passes_standard_input() {
         .stdin(Stdio::piped())
         .output()
         .expect("kiln run");
-    assert!(output.status.success());
-    assert!(output.stdout.is_empty());
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.stdout.is_empty(),
+        "stdout {:?}, stderr {:?}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// Regression: kiln installed its signal handlers only after the container had started, so a
