@@ -188,13 +188,15 @@ fn root_before_or_after_the_subcommand_and_from_kiln_root() {
         &["pull", "-q", "--root", second_root, &name],
         Some(unused.path()),
     );
+    let saved = tempfile::tempdir().expect("save dir");
+    let saved_path = &saved.path().join("copy.tar").to_string_lossy().into_owned();
     for args in [
         vec!["--root", second_root, "tag", &name, "copy:1"],
         vec!["--root", second_root, "inspect", "copy:1"],
         vec!["inspect", "copy:1", "--root", second_root],
         vec!["--root", second_root, "run", "--rm", "copy:1", "true"],
         vec!["run", "--root", second_root, "--rm", "copy:1", "true"],
-        vec!["--root", second_root, "save", "-o", "/dev/null", "copy:1"],
+        vec!["--root", second_root, "save", "-o", saved_path, "copy:1"],
         vec!["--root", second_root, "rmi", "copy:1"],
         vec!["rmi", "--root", second_root, &name],
     ] {

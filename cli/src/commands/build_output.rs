@@ -584,6 +584,14 @@ fn write_file(
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_else(|| "output".into());
+    if must_write_in_place(dest) {
+        let file = open_in_place(dest)?;
+        let mut writer = write(BufWriter::with_capacity(1 << 20, file))
+            .with_context(|| format!("writing {}", dest.display()))?;
+        return writer
+            .flush()
+            .with_context(|| format!("writing {}", dest.display()));
+    }
     let temporary = dest.with_file_name(format!(".{name}.kiln-tmp"));
     let result = (|| -> anyhow::Result<()> {
         let file = File::create(&temporary)
@@ -636,4 +644,23 @@ fn write_rootfs(
             .with_context(|| format!("applying layer {}", layer.digest))?;
     }
     Ok(())
+}
+
+/// Whether an output file must be written where it is instead of through a temp file renamed
+/// over it: it exists and is not a plain file (`/dev/null`, a fifo, a symlink). Renaming would
+/// replace the device or the link itself (`-o /dev/null` once replaced the host's /dev/null
+/// with a regular file); `docker save -o` writes into them.
+pub(crate) fn must_write_in_place(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|metadata| !metadata.file_type().is_file())
+}
+
+/// Opens an existing output for writing in place: truncated if it leads to a plain file,
+/// never created, never truncated otherwise (a device, a fifo).
+pub(crate) fn open_in_place(path: &Path) -> anyhow::Result<File> {
+    let plain_file = std::fs::metadata(path).is_ok_and(|metadata| metadata.is_file());
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(plain_file)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
 }

@@ -96,6 +96,14 @@ pub fn run(args: SaveArgs) -> anyhow::Result<ExitCode> {
         })
     };
     match &args.output {
+        Some(path) if super::build_output::must_write_in_place(path) => {
+            let file = super::build_output::open_in_place(path)?;
+            let mut writer = write(Box::new(BufWriter::with_capacity(1 << 20, file)))
+                .with_context(|| format!("saving to {}", path.display()))?;
+            writer
+                .flush()
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
         Some(path) => {
             // Written beside the destination and renamed, so a failed save leaves no
             // truncated archive under the name.
