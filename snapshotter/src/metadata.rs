@@ -78,6 +78,23 @@ impl Metadata {
     /// Opens (creating if needed) the database at `root/metadata.db`, checks it can be read
     /// and creates its tables.
     pub(crate) fn open(root: &Path, busy_timeout: Duration) -> Result<Self> {
+        // Several processes opening a new database at once can be refused at once, without
+        // the busy handler: SQLite's deadlock avoidance answers SQLITE_BUSY to a connection
+        // that holds a shared lock (reading the schema) and wants an exclusive one (switching
+        // to WAL) while another holds a shared lock too. Those are retried, within the busy
+        // timeout.
+        let started = std::time::Instant::now();
+        loop {
+            match Self::open_once(root, busy_timeout) {
+                Err(StoreError::MetadataBusy { .. }) if started.elapsed() < busy_timeout => {
+                    std::thread::sleep(Duration::from_millis(5 + fastrand_millis()));
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn open_once(root: &Path, busy_timeout: Duration) -> Result<Self> {
         let db_path = root.join("metadata.db");
         let unreadable = |error: rusqlite::Error| classify(&db_path, busy_timeout, error, true);
         let connection = Connection::open(&db_path).map_err(unreadable)?;
@@ -258,6 +275,14 @@ impl Metadata {
             .map_err(|e| classify(db_path, busy_timeout, e, false))?;
         Ok(value)
     }
+}
+
+/// 0-15 ms of jitter from the clock, so processes retrying together drift apart.
+fn fastrand_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|time| u64::from(time.subsec_nanos() >> 10) % 16)
+        .unwrap_or(0)
 }
 
 /// Turns an SQLite error into the store's: busy, unreadable (corrupt, not a database) or

@@ -51,8 +51,13 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     // Layers that stay on this machine are kept uncompressed, as Docker's image store does:
     // compressing is most of the export's time, and `kiln push` (like `docker push`)
     // compresses them when they leave. A build that pushes or exports a cache compresses
-    // them now, so the image and the cache share their blobs.
-    if !stored_export.compression_given && !push_after_build && args.cache_to.is_empty() {
+    // them now, so the image and the cache share their blobs; so does a build that imports a
+    // cache (its layers come compressed, and the image must equal the one that made it).
+    if !stored_export.compression_given
+        && !push_after_build
+        && args.cache_to.is_empty()
+        && args.cache_from.is_empty()
+    {
         stored_export.compression = kiln_types::media_type::Compression::Uncompressed;
     }
     let settings = build_settings(&args)?;
