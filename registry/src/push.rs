@@ -210,6 +210,11 @@ impl RegistryClient {
                                 | StatusCode::NOT_FOUND
                                 | StatusCode::BAD_REQUEST
                         ) => {}
+                    // A server error that outlasted `send`'s retries: a reverse proxy answers
+                    // 502 when the registry refused a stale PATCH and closed the connection
+                    // before reading its body (after a connection reset mid-chunk). Where the
+                    // session stands is unknown, as after a transport error: recover below.
+                    Ok(response) if response.status().is_server_error() => {}
                     Ok(response) => return Err(status_error("PATCH", &location, response).await),
                     Err(error) if error.is_transient() => {}
                     Err(error) => return Err(error),

@@ -1,15 +1,19 @@
 //! A fault-injecting HTTP proxy on loopback, in front of a real registry: answers a status N
-//! times, cuts a body mid-way with a reset, corrupts a body, ignores `Range`, and counts
-//! requests per path.
+//! times, cuts a response body mid-way with a reset, cuts a request body mid-way (the
+//! upstream gets the part sent), holds a request unanswered, corrupts a body, ignores
+//! `Range`, and counts requests per path.
 
-use std::io::{BufReader, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::http::{read_request, read_response, reset, write_head, write_response, HttpResponse};
+use crate::http::{
+    read_request_body, read_request_head, read_response, reset, write_head, write_response,
+    HttpResponse,
+};
 
 /// One kind of misbehaviour.
 #[derive(Debug, Clone)]
@@ -31,6 +35,13 @@ pub enum Fault {
     /// Forward, but send the body at about this many bytes a second (a slow download that
     /// a test can interrupt mid-way).
     Slow { bytes_per_second: usize },
+    /// Read only this many bytes of the request's body, forward the head and those bytes
+    /// (the upstream sees its client go away mid-body), then reset the connection without
+    /// answering: an upload cut mid-way. Logged with status 0.
+    CutRequestBody { after_bytes: usize },
+    /// Read the request, forward nothing and never answer, until the client goes away or the
+    /// proxy stops: a request a test can kill its client in. Logged with status 0.
+    Hang,
 }
 
 #[derive(Debug, Clone)]
@@ -38,6 +49,8 @@ struct Rule {
     method: Option<String>,
     path_contains: String,
     fault: Fault,
+    /// Matching requests still to let through before the fault applies.
+    skip: usize,
     remaining: usize,
 }
 
@@ -47,7 +60,8 @@ pub struct ProxiedRequest {
     pub method: String,
     pub path: String,
     pub range: Option<String>,
-    /// What the client got (the injected status if a fault answered).
+    /// What the client got (the injected status if a fault answered; 0 for no answer at
+    /// all, after [`Fault::CutRequestBody`] or [`Fault::Hang`]).
     pub status: u16,
 }
 
@@ -108,11 +122,25 @@ impl FaultProxy {
     /// Injects `fault` into the next `times` requests whose path contains `path_contains`
     /// (and whose method is `method`, if given).
     pub fn inject(&self, method: Option<&str>, path_contains: &str, fault: Fault, times: usize) {
+        self.inject_after(method, path_contains, fault, 0, times);
+    }
+
+    /// Like [`FaultProxy::inject`], but lets the first `skip` matching requests through
+    /// untouched (e.g. to cut the second PATCH of an upload).
+    pub fn inject_after(
+        &self,
+        method: Option<&str>,
+        path_contains: &str,
+        fault: Fault,
+        skip: usize,
+        times: usize,
+    ) {
         if let Ok(mut state) = self.state.lock() {
             state.rules.push(Rule {
                 method: method.map(str::to_string),
                 path_contains: path_contains.to_string(),
                 fault,
+                skip,
                 remaining: times,
             });
         }
@@ -166,6 +194,10 @@ fn take_fault(state: &Mutex<State>, method: &str, path: &str) -> Option<Fault> {
             && rule.method.as_deref().is_none_or(|wanted| wanted == method)
             && path.contains(&rule.path_contains)
     })?;
+    if rule.skip > 0 {
+        rule.skip -= 1;
+        return None;
+    }
     rule.remaining -= 1;
     Some(rule.fault.clone())
 }
@@ -182,13 +214,28 @@ fn proxy_connection(
     };
     let mut reader = BufReader::new(client);
     while !stopping.load(Ordering::SeqCst) {
-        let mut request = match read_request(&mut reader) {
+        let mut request = match read_request_head(&mut reader) {
             Ok(Some(request)) => request,
             _ => return,
         };
         let path = request.path().to_string();
         let range = request.header("range").map(str::to_string);
         let fault = take_fault(state, &request.method, &path);
+        if let Some(Fault::CutRequestBody { after_bytes }) = &fault {
+            cut_request_body(&mut reader, &writer, &request, *after_bytes, upstream);
+            if let Ok(mut state) = state.lock() {
+                state.log.push(ProxiedRequest {
+                    method: request.method.clone(),
+                    path: path.clone(),
+                    range: range.clone(),
+                    status: 0,
+                });
+            }
+            return;
+        }
+        if read_request_body(&mut reader, &mut request).is_err() {
+            return;
+        }
         let log = |status: u16| {
             if let Ok(mut state) = state.lock() {
                 state.log.push(ProxiedRequest {
@@ -208,6 +255,11 @@ fn proxy_connection(
                 return;
             }
             continue;
+        }
+        if matches!(fault, Some(Fault::Hang)) {
+            log(0);
+            hang(&mut reader, stopping);
+            return;
         }
         if matches!(fault, Some(Fault::IgnoreRange)) {
             request
@@ -292,6 +344,67 @@ fn proxy_connection(
         }
         if write_response(&mut writer, &response, head_request).is_err() {
             return;
+        }
+    }
+}
+
+/// Reads `after_bytes` of the request's body (all of it if it is shorter or not sized by
+/// `Content-Length`), sends the head and those bytes upstream, ends that connection, waits for
+/// the upstream's answer (so it has acted on the part before the client retries) and resets
+/// the client's connection.
+fn cut_request_body(
+    reader: &mut BufReader<TcpStream>,
+    writer: &TcpStream,
+    request: &crate::http::HttpRequest,
+    after_bytes: usize,
+    upstream: &str,
+) {
+    let length = request
+        .header("content-length")
+        .and_then(|value| value.trim().parse::<usize>().ok());
+    let mut part = vec![0u8; length.unwrap_or(0).min(after_bytes)];
+    if reader.read_exact(&mut part).is_err() {
+        reset(writer);
+        return;
+    }
+    if let Ok(mut upstream_stream) = TcpStream::connect(upstream) {
+        let _ = upstream_stream.set_read_timeout(Some(Duration::from_secs(30)));
+        let mut head = format!("{} {} HTTP/1.1\r\n", request.method, request.target);
+        for (name, value) in &request.headers {
+            if name.eq_ignore_ascii_case("connection") {
+                continue;
+            }
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("Connection: close\r\n\r\n");
+        if upstream_stream.write_all(head.as_bytes()).is_ok()
+            && upstream_stream.write_all(&part).is_ok()
+            && upstream_stream.flush().is_ok()
+        {
+            let _ = upstream_stream.shutdown(std::net::Shutdown::Write);
+            let mut answer = Vec::new();
+            let _ = upstream_stream.read_to_end(&mut answer);
+        }
+    }
+    reset(writer);
+}
+
+/// Waits until the client closes its connection (or the proxy stops), answering nothing.
+fn hang(reader: &mut BufReader<TcpStream>, stopping: &AtomicBool) {
+    let _ = reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(100)));
+    let mut byte = [0u8; 1];
+    while !stopping.load(Ordering::SeqCst) {
+        match reader.read(&mut byte) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
         }
     }
 }

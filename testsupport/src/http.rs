@@ -285,6 +285,16 @@ pub fn reset(stream: &TcpStream) {
 
 /// Reads one request; `None` at a clean end of the connection.
 pub fn read_request<R: Read>(reader: &mut BufReader<R>) -> io::Result<Option<HttpRequest>> {
+    let Some(mut request) = read_request_head(reader)? else {
+        return Ok(None);
+    };
+    request.body = read_body(reader, &request.headers, false)?;
+    Ok(Some(request))
+}
+
+/// Reads one request's head, leaving its body unread in `reader` (the returned body is
+/// empty; [`read_request_body`] reads it); `None` at a clean end of the connection.
+pub fn read_request_head<R: Read>(reader: &mut BufReader<R>) -> io::Result<Option<HttpRequest>> {
     let Some((start_line, headers)) = read_head(reader)? else {
         return Ok(None);
     };
@@ -297,13 +307,21 @@ pub fn read_request<R: Read>(reader: &mut BufReader<R>) -> io::Result<Option<Htt
             "bad request line",
         ));
     }
-    let body = read_body(reader, &headers, false)?;
     Ok(Some(HttpRequest {
         method,
         target,
         headers,
-        body,
+        body: Vec::new(),
     }))
+}
+
+/// Reads the body of a request whose head [`read_request_head`] returned.
+pub fn read_request_body<R: Read>(
+    reader: &mut BufReader<R>,
+    request: &mut HttpRequest,
+) -> io::Result<()> {
+    request.body = read_body(reader, &request.headers, false)?;
+    Ok(())
 }
 
 /// A response read back (by the proxy, from upstream).
