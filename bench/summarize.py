@@ -18,6 +18,8 @@ GOALS = {
     "big-context rebuild": 0.15,
     "big-context one-file": 0.25,
     "run --rm true": 0.1,
+    "many-steps ci-rebuild": 0.5,
+    "parallel-stages ci-rebuild": 0.5,
     "rss big-context cold": 100,
 }
 
