@@ -4,6 +4,11 @@ use kiln_frontend::convert::{convert, ConvertOptions};
 use kiln_frontend::resolver::OfflineResolver;
 use kiln_types::Platform;
 
+// The allocator the `kiln` binary uses (cli/src/main.rs): a third of the conversion's
+// instructions are small allocations, where glibc's malloc is slow.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     divan::main();
 }
