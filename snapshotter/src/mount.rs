@@ -42,6 +42,9 @@ pub(crate) struct OverlaySpec<'a> {
     /// Upper and work directory; none for a read-only view.
     pub(crate) upper_and_work: Option<(&'a Path, &'a Path)>,
     pub(crate) base: &'a Path,
+    /// overlayfs `volatile`: no sync of the upper (at unmount either), for an upper that is
+    /// thrown away afterwards (`kiln run --rm`): its unmount then does not wait for the disk.
+    pub(crate) volatile: bool,
 }
 
 /// Options that keep the upper directory a plain, portable layer: no redirect xattrs for
@@ -192,6 +195,10 @@ fn configure_and_mount(
         fsconfig_set_string(&context, key, value)
             .map_err(|errno| failed(format!("{key}={value}"), errno))?;
     }
+    if spec.volatile && spec.upper_and_work.is_some() {
+        // a kernel without it (before 5.10) gets a normal mount: only speed is lost
+        let _ = rustix::mount::fsconfig_set_flag(&context, "volatile");
+    }
     fsconfig_create(&context).map_err(|errno| failed("create".into(), errno))?;
     let attributes = if spec.upper_and_work.is_none() {
         MountAttrFlags::MOUNT_ATTR_RDONLY
@@ -260,6 +267,9 @@ fn options_string(
     }
     for (key, value) in PORTABLE_OPTIONS {
         options.push_str(&format!(",{key}={value}"));
+    }
+    if spec.volatile && spec.upper_and_work.is_some() {
+        options.push_str(",volatile");
     }
     Some(options)
 }

@@ -186,6 +186,26 @@ impl Snapshotter {
     /// [`ActiveSnapshot::mountpoint`]. Everything is undone if the snapshot is dropped
     /// without [`commit`](Self::commit).
     pub fn prepare(&self, lease: &Lease, parent: Option<&SnapshotId>) -> Result<ActiveSnapshot> {
+        self.prepare_with(lease, parent, false)
+    }
+
+    /// [`prepare`](Self::prepare) for a snapshot that will be removed, never committed (a
+    /// `kiln run --rm` container): the overlay is `volatile`, so nothing syncs its upper and
+    /// its unmount does not wait for the disk. Committing it is refused.
+    pub fn prepare_throwaway(
+        &self,
+        lease: &Lease,
+        parent: Option<&SnapshotId>,
+    ) -> Result<ActiveSnapshot> {
+        self.prepare_with(lease, parent, true)
+    }
+
+    fn prepare_with(
+        &self,
+        lease: &Lease,
+        parent: Option<&SnapshotId>,
+        volatile: bool,
+    ) -> Result<ActiveSnapshot> {
         let (id, chain) = self.create_record(lease, SnapshotKind::Active, parent)?;
         let mut active = ActiveSnapshot {
             guard: RemoveOnDrop {
@@ -196,6 +216,7 @@ impl Snapshotter {
             parent: parent.cloned(),
             lowers: chain.iter().map(|id| self.fs_dir(id)).collect(),
             directory: self.inner.layout.snapshot_dir(&id),
+            throwaway: volatile,
         };
         let empty = active.directory.join("empty");
         for directory in [active.upper_dir(), active.work_dir(), active.mountpoint()] {
@@ -214,6 +235,7 @@ impl Snapshotter {
                 lowers: &lowers,
                 upper_and_work: Some((&upper, &work)),
                 base: &self.inner.layout.snapshots,
+                volatile,
             },
             self.inner.options.mount_method,
         )?;
@@ -225,6 +247,12 @@ impl Snapshotter {
     /// the new snapshot's `fs`. Returns the committed id: the new one, or the one that
     /// already had `options.key`.
     pub fn commit(&self, active: ActiveSnapshot, options: CommitOptions) -> Result<SnapshotId> {
+        if active.throwaway {
+            // its upper was never synced: it must not become a layer
+            return Err(StoreError::SnapshotNotCommitted {
+                id: active.id().to_string(),
+            });
+        }
         // Strict unmount: a busy mount means a process still writes into the upper.
         unmount(&active.mountpoint(), false)?;
         for directory in [
@@ -269,6 +297,7 @@ impl Snapshotter {
                 lowers: &lowers,
                 upper_and_work: None,
                 base: &self.inner.layout.snapshots,
+                volatile: false,
             },
             self.inner.options.mount_method,
         )?;
@@ -494,6 +523,8 @@ pub struct ActiveSnapshot {
     /// Absolute lower dirs as mounted, topmost first.
     lowers: Vec<PathBuf>,
     directory: PathBuf,
+    /// Made by [`Snapshotter::prepare_throwaway`]: volatile, never committed.
+    throwaway: bool,
 }
 
 impl ActiveSnapshot {

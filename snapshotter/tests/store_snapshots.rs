@@ -464,3 +464,36 @@ fn chain_of_300_layers_mounts_with_lowerdir_plus_and_is_refused_by_legacy() {
     );
     assert!(mounts_under(&root.path().join("snapshots")).is_empty());
 }
+
+/// A throwaway snapshot (`kiln run --rm`) is a volatile overlay, can be written, cannot be
+/// committed, and leaves nothing behind when removed.
+#[test]
+fn throwaway_snapshots_are_volatile_and_never_committed() {
+    for method in [MountMethod::NewMountApi, MountMethod::Legacy] {
+        let root = TestRoot::new();
+        let store = open(&root, method);
+        let lease = store.lease("test").unwrap();
+        let snapshotter = store.snapshotter();
+        let base = unpack(&store, &lease, "base", None, &[("a", "from base")]);
+        let active = snapshotter.prepare_throwaway(&lease, Some(&base)).unwrap();
+        let merged = active.mountpoint();
+        fs::write(merged.join("b"), "scratch").unwrap();
+        let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+        let line = mounts
+            .lines()
+            .find(|line| line.contains(merged.to_str().unwrap()))
+            .expect("the overlay is mounted");
+        assert!(line.contains("volatile"), "{method:?}: {line}");
+        let refused = snapshotter.commit(active, CommitOptions::default());
+        assert!(
+            matches!(refused, Err(StoreError::SnapshotNotCommitted { .. })),
+            "{refused:?}"
+        );
+        // the refused commit dropped the snapshot: unmounted and removed
+        assert!(mounts_under(root.path()).is_empty());
+        assert!(!merged.exists());
+        let active = snapshotter.prepare_throwaway(&lease, Some(&base)).unwrap();
+        snapshotter.remove(active).unwrap();
+        assert!(mounts_under(root.path()).is_empty());
+    }
+}

@@ -182,7 +182,13 @@ async fn run_container(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 
     let snapshotter = store.snapshotter();
-    let active = snapshotter.prepare(&lease, top.as_ref())?;
+    // a --rm container's writable layer is thrown away: a volatile overlay, whose unmount
+    // does not sync it to disk
+    let active = if args.rm {
+        snapshotter.prepare_throwaway(&lease, top.as_ref())?
+    } else {
+        snapshotter.prepare(&lease, top.as_ref())?
+    };
     let container_id = kiln_types::Digest::of_bytes(
         format!(
             "{}{:?}{}",
