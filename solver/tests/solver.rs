@@ -318,12 +318,17 @@ async fn identical_ops_run_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn first_failure_cancels_the_rest() {
     let mut graph = Graph::new();
+    // both start before the failure (else the slow op may not have begun when it is canceled)
+    let started = Arc::new(tokio::sync::Barrier::new(2));
     let mut slow = FakeOp::new("slow");
     slow.sleep = Duration::from_secs(60);
     slow.class = ExecutionClass::Unbounded;
+    slow.barrier = Some(started.clone());
     let slow = graph.add(vertex(slow, &[])).unwrap();
     let mut failing = FakeOp::new("failing");
     failing.fail = true;
+    failing.class = ExecutionClass::Unbounded;
+    failing.barrier = Some(started);
     let failing = graph.add(vertex(failing, &[])).unwrap();
     let after_slow = graph
         .add(vertex(FakeOp::new("after-slow"), &[slow]))
