@@ -575,8 +575,9 @@ fn is_directory_dest(dest: &Path) -> bool {
     dest.is_dir() || dest.extension().is_none_or(|extension| extension != "tar")
 }
 
-/// Writes beside `dest` and renames, so a failure leaves no truncated file under the name.
-fn write_file(
+/// Writes beside `dest` and renames, so a failure leaves no truncated file under the name;
+/// writes into `dest` when it is a device, a fifo or a symlink ([`must_write_in_place`]).
+pub(crate) fn write_file(
     dest: &Path,
     write: impl FnOnce(BufWriter<File>) -> anyhow::Result<BufWriter<File>>,
 ) -> anyhow::Result<()> {
@@ -650,13 +651,13 @@ fn write_rootfs(
 /// over it: it exists and is not a plain file (`/dev/null`, a fifo, a symlink). Renaming would
 /// replace the device or the link itself (`-o /dev/null` once replaced the host's /dev/null
 /// with a regular file); `docker save -o` writes into them.
-pub(crate) fn must_write_in_place(path: &Path) -> bool {
+fn must_write_in_place(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|metadata| !metadata.file_type().is_file())
 }
 
 /// Opens an existing output for writing in place: truncated if it leads to a plain file,
 /// never created, never truncated otherwise (a device, a fifo).
-pub(crate) fn open_in_place(path: &Path) -> anyhow::Result<File> {
+fn open_in_place(path: &Path) -> anyhow::Result<File> {
     let plain_file = std::fs::metadata(path).is_ok_and(|metadata| metadata.is_file());
     std::fs::OpenOptions::new()
         .write(true)

@@ -1,7 +1,6 @@
 //! `kiln save`: write images to a docker-archive (what `docker load` reads) or an OCI image
 //! layout tar, from the store.
 
-use std::fs::File;
 use std::io::{BufWriter, IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -72,6 +71,20 @@ fn find_image(store: &Store, reference: &str) -> anyhow::Result<ArchiveImage> {
     })
 }
 
+/// The archive of `images` in `format`, written to `writer`.
+fn write_archive<W: std::io::Write>(
+    format: SaveFormat,
+    store: &Store,
+    images: &[ArchiveImage],
+    platform: &Platform,
+    writer: W,
+) -> kiln_exporter::Result<W> {
+    match format {
+        SaveFormat::Docker => write_docker_archive(store, images, platform, writer),
+        SaveFormat::Oci => write_oci_archive(store, images, platform, writer),
+    }
+}
+
 pub fn run(args: SaveArgs) -> anyhow::Result<ExitCode> {
     let store = args.store.open()?;
     let platform = match &args.platform {
@@ -89,56 +102,20 @@ pub fn run(args: SaveArgs) -> anyhow::Result<ExitCode> {
             None => images.push(image),
         }
     }
-    let write = |writer: Box<dyn std::io::Write>| -> anyhow::Result<Box<dyn std::io::Write>> {
-        Ok(match args.format {
-            SaveFormat::Docker => write_docker_archive(&store, &images, &platform, writer)?,
-            SaveFormat::Oci => write_oci_archive(&store, &images, &platform, writer)?,
-        })
-    };
     match &args.output {
-        Some(path) if super::build_output::must_write_in_place(path) => {
-            let file = super::build_output::open_in_place(path)?;
-            let mut writer = write(Box::new(BufWriter::with_capacity(1 << 20, file)))
-                .with_context(|| format!("saving to {}", path.display()))?;
-            writer
-                .flush()
-                .with_context(|| format!("writing {}", path.display()))?;
-        }
-        Some(path) => {
-            // Written beside the destination and renamed, so a failed save leaves no
-            // truncated archive under the name.
-            let temporary = path.with_file_name(format!(
-                ".{}.kiln-tmp",
-                path.file_name()
-                    .map(|name| name.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "archive".into())
-            ));
-            let result = (|| -> anyhow::Result<()> {
-                let file = File::create(&temporary)
-                    .with_context(|| format!("creating {}", temporary.display()))?;
-                let mut writer = write(Box::new(BufWriter::with_capacity(1 << 20, file)))
-                    .with_context(|| format!("saving to {}", path.display()))?;
-                writer
-                    .flush()
-                    .with_context(|| format!("writing {}", path.display()))?;
-                drop(writer);
-                File::open(&temporary)
-                    .and_then(|file| file.sync_all())
-                    .with_context(|| format!("writing {}", path.display()))?;
-                std::fs::rename(&temporary, path)
-                    .with_context(|| format!("renaming into {}", path.display()))
-            })();
-            if result.is_err() {
-                let _ = std::fs::remove_file(&temporary);
-            }
-            result?;
-        }
+        // beside the destination and renamed (so a failed save leaves no truncated archive
+        // under the name), or into it when it is a device, a fifo or a symlink
+        Some(path) => super::build_output::write_file(path, |writer| {
+            write_archive(args.format, &store, &images, &platform, writer)
+                .with_context(|| format!("saving to {}", path.display()))
+        })?,
         None => {
             let stdout = std::io::stdout();
             if stdout.is_terminal() {
                 bail!("refusing to write an archive to a terminal: use -o FILE or redirect");
             }
-            let mut writer = write(Box::new(BufWriter::with_capacity(1 << 20, stdout.lock())))
+            let stdout = BufWriter::with_capacity(1 << 20, stdout.lock());
+            let mut writer = write_archive(args.format, &store, &images, &platform, stdout)
                 .context("saving to standard output")?;
             writer.flush().context("writing standard output")?;
         }
