@@ -91,6 +91,8 @@ pub(crate) struct Inner {
     https: OnceLock<reqwest::Client>,
     /// The client for plain `http://` URLs, without any root certificates, built on first use.
     plain: OnceLock<reqwest::Client>,
+    /// `options.extra_root_certificates_pem`, parsed (checked when the client is made).
+    extra_roots: Vec<reqwest::Certificate>,
     pub options: ClientOptions,
     auth: Mutex<AuthCache>,
     credentials: Mutex<HashMap<String, Option<Credential>>>,
@@ -151,17 +153,19 @@ impl RegistryClient {
         // The PEM bundles are checked now; the HTTP clients are built on first use (loading
         // the system's root certificates takes ~15 ms, which a build that never talks to a
         // registry, or talks only plain HTTP to a loopback one, should not pay).
+        let mut extra_roots = Vec::new();
         for pem in &options.extra_root_certificates_pem {
-            reqwest::Certificate::from_pem_bundle(pem).map_err(|error| {
+            extra_roots.extend(reqwest::Certificate::from_pem_bundle(pem).map_err(|error| {
                 RegistryError::InvalidOption {
                     message: format!("extra root certificate: {error}"),
                 }
-            })?;
+            })?);
         }
         Ok(RegistryClient {
             inner: Arc::new(Inner {
                 https: OnceLock::new(),
                 plain: OnceLock::new(),
+                extra_roots,
                 options,
                 auth: Mutex::new(AuthCache::default()),
                 credentials: Mutex::new(HashMap::new()),
@@ -190,15 +194,8 @@ impl RegistryClient {
             .connect_timeout(options.connect_timeout)
             .read_timeout(options.read_timeout);
         if tls {
-            for pem in &options.extra_root_certificates_pem {
-                let certificates = reqwest::Certificate::from_pem_bundle(pem).map_err(|error| {
-                    RegistryError::InvalidOption {
-                        message: format!("extra root certificate: {error}"),
-                    }
-                })?;
-                for certificate in certificates {
-                    builder = builder.add_root_certificate(certificate);
-                }
+            for certificate in &self.inner.extra_roots {
+                builder = builder.add_root_certificate(certificate.clone());
             }
         } else {
             builder = builder.tls_certs_only(std::iter::empty());
