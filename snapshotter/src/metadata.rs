@@ -87,7 +87,7 @@ impl Metadata {
         loop {
             match Self::open_once(root, busy_timeout) {
                 Err(StoreError::MetadataBusy { .. }) if started.elapsed() < busy_timeout => {
-                    std::thread::sleep(Duration::from_millis(5 + fastrand_millis()));
+                    std::thread::sleep(Duration::from_millis(5 + jitter_millis()));
                 }
                 result => return result,
             }
@@ -278,7 +278,7 @@ impl Metadata {
 }
 
 /// 0-15 ms of jitter from the clock, so processes retrying together drift apart.
-fn fastrand_millis() -> u64 {
+fn jitter_millis() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|time| u64::from(time.subsec_nanos() >> 10) % 16)
