@@ -146,6 +146,7 @@ impl ContentStore {
             hasher: Sha256::new(),
             hashing: true,
             written: 0,
+            writeback_started: 0,
             expected,
             finished: false,
             poisoned: false,
@@ -270,11 +271,18 @@ pub struct BlobWriter {
     /// False when the caller hashes the bytes itself (see [`BlobWriter::without_hashing`]).
     hashing: bool,
     written: u64,
+    /// Bytes up to here were handed to the kernel's writeback (see [`WRITEBACK_CHUNK`]).
+    writeback_started: u64,
     expected: Option<(Digest, u64)>,
     finished: bool,
     /// Set when the bytes are known to be wrong: the partial file is then removed on drop.
     poisoned: bool,
 }
+
+/// Every this many bytes written, a writer asks the kernel to start writing them back
+/// (`sync_file_range`, which does not wait), so the fsync at commit finds little left to do:
+/// a 0.5 GB layer otherwise waited ~0.4 s for its fsync after the last byte.
+const WRITEBACK_CHUNK: u64 = 8 << 20;
 
 impl std::fmt::Debug for BlobWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -309,6 +317,7 @@ impl BlobWriter {
             .map_err(|e| StoreError::io("truncate", &self.path, e))?;
         self.hasher = Sha256::new();
         self.written = 0;
+        self.writeback_started = 0;
         self.poisoned = false;
         Ok(())
     }
@@ -346,6 +355,7 @@ impl BlobWriter {
             total += read as u64;
         }
         self.written = total;
+        self.writeback_started = total;
         Ok(())
     }
 
@@ -387,6 +397,23 @@ impl BlobWriter {
             }
         }
         self.commit_as(digest)
+    }
+
+    /// Starts (does not wait for) the writeback of the bytes written since the last call.
+    /// Only an optimisation: the fsync at commit is what makes the blob durable.
+    fn start_writeback(&mut self) {
+        let start = self.writeback_started;
+        let length = self.written - start;
+        // SAFETY: sync_file_range only reads its integer arguments; the descriptor is ours.
+        unsafe {
+            libc::sync_file_range(
+                std::os::fd::AsRawFd::as_raw_fd(&self.file),
+                start as libc::off64_t,
+                length as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+        self.writeback_started = self.written;
     }
 
     fn commit_as(mut self, digest: Digest) -> Result<(Digest, u64)> {
@@ -449,6 +476,9 @@ impl Write for BlobWriter {
             self.hasher.update(&buffer[..written]);
         }
         self.written += written as u64;
+        if self.written - self.writeback_started >= WRITEBACK_CHUNK {
+            self.start_writeback();
+        }
         Ok(written)
     }
 

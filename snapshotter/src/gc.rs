@@ -44,6 +44,9 @@ pub struct PruneReport {
     pub ingest_files_removed: usize,
     pub stale_leases_removed: usize,
     pub mounts_removed: usize,
+    /// Committed snapshots whose files were not known to be on disk when the machine went
+    /// down (an entry of another boot in the unsynced table), with their descendants.
+    pub torn_snapshots_removed: usize,
     /// Bytes on disk freed (blobs, snapshot and cache mount directories, ingest files).
     pub bytes_freed: u64,
 }
@@ -159,6 +162,18 @@ fn decide(
         }
     }
 
+    // Snapshots that may be torn by a machine crash go, whatever keeps them.
+    let torn = torn_snapshots(txn, &snapshots)?;
+    if !torn.is_empty() {
+        kept_snapshots.retain(|id| !torn.contains(id));
+        report.torn_snapshots_removed = torn.len();
+        for (key, record) in txn.list::<CacheRecord>(Table::CacheRecords)? {
+            if record.snapshots.iter().any(|id| torn.contains(id)) {
+                txn.remove(Table::CacheRecords, &key)?;
+            }
+        }
+    }
+
     // Leaked mounts under snapshots/ of snapshots that are not kept.
     for mount_point in mount_points_under(&layout.snapshots) {
         let owner = mount_point
@@ -255,6 +270,46 @@ fn decide(
         report,
         directories_to_trash,
     })
+}
+
+/// The snapshots listed as unsynced by another boot (their files may not have reached the
+/// disk before the machine went down) and every snapshot stacked on one of them. Entries of
+/// other boots, and of snapshots that no longer exist, are removed from the table.
+fn torn_snapshots(
+    txn: &mut WriteTxn<'_>,
+    snapshots: &BTreeMap<SnapshotId, SnapshotRecord>,
+) -> Result<BTreeSet<SnapshotId>> {
+    let boot = crate::sync::current_boot();
+    let mut torn = BTreeSet::new();
+    for (key, entry_boot) in txn.list::<String>(Table::UnsyncedSnapshots)? {
+        let id = SnapshotId::parse(&key).ok();
+        let exists = id.as_ref().is_some_and(|id| snapshots.contains_key(id));
+        if entry_boot != boot || !exists {
+            txn.remove(Table::UnsyncedSnapshots, &key)?;
+        }
+        if let (Some(id), true) = (id, exists && entry_boot != boot) {
+            torn.insert(id);
+        }
+    }
+    if torn.is_empty() {
+        return Ok(torn);
+    }
+    // Descendants, whatever their own state: their lowers are the torn ones.
+    loop {
+        let before = torn.len();
+        for (id, record) in snapshots {
+            if record
+                .parent
+                .as_ref()
+                .is_some_and(|parent| torn.contains(parent))
+            {
+                torn.insert(id.clone());
+            }
+        }
+        if torn.len() == before {
+            return Ok(torn);
+        }
+    }
 }
 
 /// Adds a manifest or index and everything under it to the kept sets. Unreadable documents

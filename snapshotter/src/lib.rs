@@ -59,7 +59,9 @@
 //! # Crash recovery
 //! [`Store::open`] runs [`Store::recover`]: stale leases are forgotten, the active snapshots
 //! and views of dead processes are unmounted and deleted, leaked mounts under `snapshots/`
-//! are detached, and the trash is emptied. A partial download of a known digest stays in
+//! are detached, and the trash is emptied. Committed snapshots whose files were not yet
+//! synced when the machine went down (see the `sync` module) are removed with their
+//! descendants and the cache records naming them. A partial download of a known digest stays in
 //! `content/ingest/` to be resumed ([`BlobWriter::offset`]); `prune` deletes ingest files no
 //! writer holds locked.
 //!
@@ -95,6 +97,7 @@ mod metadata;
 mod mount;
 mod process;
 mod snapshot;
+mod sync;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -188,6 +191,7 @@ pub(crate) struct StoreInner {
     pub(crate) layout: Layout,
     pub(crate) metadata: metadata::Metadata,
     pub(crate) options: StoreOptions,
+    pub(crate) syncer: sync::SnapshotSyncer,
 }
 
 /// One kiln root: content store, snapshots, metadata. Cheap to clone; share one per process.
@@ -236,10 +240,19 @@ impl Store {
                 layout,
                 metadata,
                 options,
+                syncer: sync::SnapshotSyncer::default(),
             }),
         };
         store.recover()?;
         Ok(store)
+    }
+
+    /// Waits until the files of every snapshot committed so far are on disk (a `syncfs` of
+    /// the store's filesystem that began after this call). Commits never wait for the disk
+    /// themselves: a background sync follows each one (see the crate's "Durability of
+    /// snapshots"). A caller about to exit calls this so that a crash later loses nothing.
+    pub fn sync_snapshots(&self) {
+        self.inner.wait_snapshot_sync();
     }
 
     /// The root directory.

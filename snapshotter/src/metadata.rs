@@ -33,10 +33,14 @@ pub(crate) enum Table {
     /// `<snapshot id>/<variant>` -> [`crate::LayerBlobRecord`]: the blob a snapshot was
     /// exported to, so it is not compressed twice
     LayerBlobs,
+    /// snapshot id -> boot id: a committed snapshot whose files may not be on disk yet (its
+    /// overlay was `volatile`, or it was unpacked without a sync); removed once a `syncfs`
+    /// covered it. After a reboot, an entry of another boot means the files may be torn.
+    UnsyncedSnapshots,
 }
 
 impl Table {
-    pub(crate) const ALL: [Table; 8] = [
+    pub(crate) const ALL: [Table; 9] = [
         Table::Images,
         Table::Snapshots,
         Table::SnapshotKeys,
@@ -45,6 +49,7 @@ impl Table {
         Table::CacheMounts,
         Table::Info,
         Table::LayerBlobs,
+        Table::UnsyncedSnapshots,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -57,6 +62,7 @@ impl Table {
             Table::CacheMounts => "cache_mounts",
             Table::Info => "info",
             Table::LayerBlobs => "layer_blobs",
+            Table::UnsyncedSnapshots => "unsynced_snapshots",
         }
     }
 }

@@ -42,8 +42,8 @@ pub(crate) struct OverlaySpec<'a> {
     /// Upper and work directory; none for a read-only view.
     pub(crate) upper_and_work: Option<(&'a Path, &'a Path)>,
     pub(crate) base: &'a Path,
-    /// overlayfs `volatile`: no sync of the upper (at unmount either), for an upper that is
-    /// thrown away afterwards (`kiln run --rm`): its unmount then does not wait for the disk.
+    /// overlayfs `volatile`: no sync of the upper (at unmount either), so the unmount does
+    /// not wait for the disk; a committed upper is synced in the background (`crate::sync`).
     pub(crate) volatile: bool,
 }
 

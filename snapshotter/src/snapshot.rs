@@ -185,13 +185,16 @@ impl Snapshotter {
     /// with the parent's chain as lowers and a fresh upper and work dir, at
     /// [`ActiveSnapshot::mountpoint`]. Everything is undone if the snapshot is dropped
     /// without [`commit`](Self::commit).
+    ///
+    /// The overlay is `volatile`: nothing inside syncs to disk and its unmount does not wait
+    /// for the disk; [`commit`](Self::commit) records the snapshot as not yet synced and a
+    /// background `syncfs` follows (see [`crate::Store::sync_snapshots`]).
     pub fn prepare(&self, lease: &Lease, parent: Option<&SnapshotId>) -> Result<ActiveSnapshot> {
         self.prepare_with(lease, parent, false)
     }
 
     /// [`prepare`](Self::prepare) for a snapshot that will be removed, never committed (a
-    /// `kiln run --rm` container): the overlay is `volatile`, so nothing syncs its upper and
-    /// its unmount does not wait for the disk. Committing it is refused.
+    /// `kiln run --rm` container). Committing it is refused.
     pub fn prepare_throwaway(
         &self,
         lease: &Lease,
@@ -204,7 +207,7 @@ impl Snapshotter {
         &self,
         lease: &Lease,
         parent: Option<&SnapshotId>,
-        volatile: bool,
+        throwaway: bool,
     ) -> Result<ActiveSnapshot> {
         let (id, chain) = self.create_record(lease, SnapshotKind::Active, parent)?;
         let mut active = ActiveSnapshot {
@@ -216,7 +219,7 @@ impl Snapshotter {
             parent: parent.cloned(),
             lowers: chain.iter().map(|id| self.fs_dir(id)).collect(),
             directory: self.inner.layout.snapshot_dir(&id),
-            throwaway: volatile,
+            throwaway,
         };
         let empty = active.directory.join("empty");
         for directory in [active.upper_dir(), active.work_dir(), active.mountpoint()] {
@@ -235,7 +238,7 @@ impl Snapshotter {
                 lowers: &lowers,
                 upper_and_work: Some((&upper, &work)),
                 base: &self.inner.layout.snapshots,
-                volatile,
+                volatile: true,
             },
             self.inner.options.mount_method,
         )?;
@@ -248,7 +251,7 @@ impl Snapshotter {
     /// already had `options.key`.
     pub fn commit(&self, active: ActiveSnapshot, options: CommitOptions) -> Result<SnapshotId> {
         if active.throwaway {
-            // its upper was never synced: it must not become a layer
+            // made to be thrown away: it must not become a layer
             return Err(StoreError::SnapshotNotCommitted {
                 id: active.id().to_string(),
             });
@@ -384,9 +387,19 @@ impl Snapshotter {
             record.diff_id = options.diff_id.clone();
             record.size = options.size;
             txn.put(Table::Snapshots, id.as_str(), &record)?;
+            // Its files were written without a sync (a volatile overlay, an unpack): the
+            // record is never durable without this entry, which the sync below removes.
+            txn.put(
+                Table::UnsyncedSnapshots,
+                id.as_str(),
+                crate::sync::current_boot(),
+            )?;
             Ok(id.clone())
         })?;
         guard.armed = false;
+        if winner == id {
+            self.inner.request_snapshot_sync();
+        }
         if winner != id {
             self.inner.trash(&self.inner.layout.snapshot_dir(&id))?;
         }
