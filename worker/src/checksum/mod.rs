@@ -8,8 +8,10 @@
 //! mode (permission and special bits), uid and gid (as copied: 0:0 for the build context),
 //! size, device number, symlink target, xattrs (without `security.selinux`, a host label) and
 //! the blake3 of its content; entries come in walk order (parents before children, names
-//! sorted). mtimes never count. The result is the sha256 of that canonical, length-prefixed
-//! record stream, as a [`Digest`].
+//! sorted). mtimes never count. That canonical, length-prefixed record stream is hashed with
+//! blake3 (a warm rebuild hashes only records, ~100 bytes per file, and sha256 is several
+//! times slower); the result is the sha256 of a version tag and that blake3 hash, as a
+//! [`Digest`].
 //!
 //! Contents are hashed in parallel on rayon's pool, through a [`ChecksumCache`] that skips
 //! files whose `lstat` did not change.
@@ -99,8 +101,8 @@ pub fn checksum_copy_sources_listed<'a>(
         })
         .collect();
     let hashes = hash_entries(source, all.iter().map(|(selection, _)| *selection), cache)?;
-    let mut digest = Sha256::new();
-    digest.update(b"kiln copy sources v1\0");
+    let mut digest = blake3::Hasher::new();
+    digest.update(b"kiln copy sources v2\0");
     let mut hash_index = 0;
     for (action_index, (selections, contents_only)) in plans.iter().enumerate() {
         put_bytes(&mut digest, format!("action {action_index}").as_bytes());
@@ -115,18 +117,23 @@ pub fn checksum_copy_sources_listed<'a>(
                 }
                 put_entry(&mut digest, source, entry, entry_hashes);
                 if list {
-                    let mut own = Sha256::new();
+                    let mut own = blake3::Hasher::new();
                     put_entry(&mut own, source, entry, entry_hashes);
                     let path = selection.entry_root_relative(entry);
-                    listing.push((
-                        path.to_string_lossy().into_owned(),
-                        Digest::from_sha256(own.finalize().into()),
-                    ));
+                    listing.push((path.to_string_lossy().into_owned(), finish(own)));
                 }
             }
         }
     }
-    Ok((Digest::from_sha256(digest.finalize().into()), listing))
+    Ok((finish(digest), listing))
+}
+
+/// The [`Digest`] of a record stream: sha256 over a tag and the stream's blake3.
+fn finish(records: blake3::Hasher) -> Digest {
+    let mut digest = Sha256::new();
+    digest.update(b"kiln blake3 records\0");
+    digest.update(records.finalize().as_bytes());
+    Digest::from_sha256(digest.finalize())
 }
 
 /// The checksum of `path` inside `source` and everything below it (a bind mount's
@@ -140,20 +147,20 @@ pub fn checksum_path(
 ) -> Result<Digest, ChecksumError> {
     let selection = select_path_only(source, path, follow_symlinks)?;
     let hashes = hash_entries(source, std::iter::once(&selection), cache)?;
-    let mut digest = Sha256::new();
-    digest.update(b"kiln path v1\0");
+    let mut digest = blake3::Hasher::new();
+    digest.update(b"kiln path v2\0");
     for (entry, entry_hashes) in selection.entries.iter().zip(&hashes) {
         put_entry(&mut digest, source, entry, entry_hashes);
     }
-    Ok(Digest::from_sha256(digest.finalize().into()))
+    Ok(finish(digest))
 }
 
-fn put_bytes(digest: &mut Sha256, bytes: &[u8]) {
-    digest.update((bytes.len() as u64).to_le_bytes());
+fn put_bytes(digest: &mut blake3::Hasher, bytes: &[u8]) {
+    digest.update(&(bytes.len() as u64).to_le_bytes());
     digest.update(bytes);
 }
 
-fn put_entry(digest: &mut Sha256, source: &SourceRoot, entry: &Entry, hashes: &Hashes) {
+fn put_entry(digest: &mut blake3::Hasher, source: &SourceRoot, entry: &Entry, hashes: &Hashes) {
     let metadata = &entry.metadata;
     let file_type = metadata.file_type();
     let kind: u8 = if file_type.is_dir() {
@@ -173,24 +180,24 @@ fn put_entry(digest: &mut Sha256, source: &SourceRoot, entry: &Entry, hashes: &H
     };
     let owner = source.effective_owner(metadata);
     put_bytes(digest, entry.rel.as_os_str().as_bytes());
-    digest.update([kind, u8::from(entry.selected)]);
-    digest.update((metadata.mode() & 0o7777).to_le_bytes());
-    digest.update(owner.uid.to_le_bytes());
-    digest.update(owner.gid.to_le_bytes());
+    digest.update(&[kind, u8::from(entry.selected)]);
+    digest.update(&(metadata.mode() & 0o7777).to_le_bytes());
+    digest.update(&owner.uid.to_le_bytes());
+    digest.update(&owner.gid.to_le_bytes());
     let size = if file_type.is_file() {
         metadata.size()
     } else {
         0
     };
-    digest.update(size.to_le_bytes());
+    digest.update(&size.to_le_bytes());
     let device = if file_type.is_char_device() || file_type.is_block_device() {
         metadata.rdev()
     } else {
         0
     };
-    digest.update(device.to_le_bytes());
-    digest.update(hashes.content);
-    digest.update(hashes.xattrs);
+    digest.update(&device.to_le_bytes());
+    digest.update(&hashes.content);
+    digest.update(&hashes.xattrs);
 }
 
 /// The hashes of every entry of the selections, in order: from the cache when the `lstat`
@@ -202,7 +209,7 @@ fn hash_entries<'a>(
 ) -> Result<Vec<Hashes>, ChecksumError> {
     struct Work<'b> {
         key: Vec<u8>,
-        path: PathBuf,
+        selection: &'b Selection,
         entry: &'b Entry,
         stat: StatKey,
     }
@@ -215,7 +222,7 @@ fn hash_entries<'a>(
                     .as_os_str()
                     .as_bytes()
                     .to_vec(),
-                path: selection.entry_path(source, entry),
+                selection,
                 entry,
                 stat: StatKey::of(&entry.metadata),
             });
@@ -243,9 +250,11 @@ fn hash_entries<'a>(
             if let Some(hashes) = cache.lookup(&item.key, &item.stat) {
                 return Ok((hashes, false));
             }
+            // the path is only built for a file that is read
+            let path = item.selection.entry_path(source, item.entry);
             let hashes =
-                hash_one(&item.path, item.entry, cache).map_err(|source| ChecksumError::Read {
-                    path: item.path.clone(),
+                hash_one(&path, item.entry, cache).map_err(|source| ChecksumError::Read {
+                    path: path.clone(),
                     source,
                 })?;
             Ok((hashes, true))

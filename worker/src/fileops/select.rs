@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use kiln_frontend::dag::op::CopyAction;
 use kiln_frontend::dockerignore::{DockerIgnore, MatchInfo, PatternMatcher};
+use rayon::prelude::*;
 
 use super::owner::Owner;
 use super::root::{clean_absolute, clean_components, join_names, resolve_in_root};
@@ -355,22 +356,36 @@ fn join_relative(dir: &str, name: &str) -> String {
 
 /// The sorted names and types of a directory's entries.
 fn read_sorted(dir: &Path) -> Result<Vec<(OsString, std::fs::FileType)>, FileOpError> {
+    Ok(read_sorted_entries(dir)?
+        .into_iter()
+        .map(|(name, file_type, _)| (name, file_type))
+        .collect())
+}
+
+/// [`read_sorted`] with each entry kept, for an `lstat` relative to the directory.
+fn read_sorted_entries(
+    dir: &Path,
+) -> Result<Vec<(OsString, std::fs::FileType, std::fs::DirEntry)>, FileOpError> {
     let reader = std::fs::read_dir(dir)
         .map_err(|error| FileOpError::io("reading directory", dir.display(), error))?;
-    let mut names = Vec::new();
+    let mut entries = Vec::new();
     for entry in reader {
         let entry =
             entry.map_err(|error| FileOpError::io("reading directory", dir.display(), error))?;
         let file_type = entry
             .file_type()
             .map_err(|error| FileOpError::io("reading directory", dir.display(), error))?;
-        names.push((entry.file_name(), file_type));
+        entries.push((entry.file_name(), file_type, entry));
     }
-    names.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    Ok(names)
+    entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    Ok(entries)
 }
 
 /// Walks the directory `absolute` (the match's `rel_dir`), appending taken entries.
+///
+/// Each directory's entries are `lstat`ed relative to the directory's own descriptor (no path
+/// lookup from the root per file), and sibling subdirectories are walked in parallel on
+/// rayon's pool; the result keeps walk order (parents before children, names sorted).
 fn walk(
     filters: &Filters<'_>,
     absolute: &Path,
@@ -379,40 +394,86 @@ fn walk(
     parent: &FilterInfo,
     out: &mut Vec<Entry>,
 ) -> Result<(), FileOpError> {
-    for (name, file_type) in read_sorted(absolute)? {
+    struct Child {
+        name: OsString,
+        rel: PathBuf,
+        context_rel: String,
+        metadata: std::fs::Metadata,
+        decision: Decision,
+    }
+    impl Child {
+        fn descends(&self) -> bool {
+            self.metadata.is_dir() && self.decision.descend
+        }
+    }
+    let mut children = Vec::new();
+    for (name, file_type, dir_entry) in read_sorted_entries(absolute)? {
         let name_text = name.to_string_lossy();
         let context_rel = join_relative(context_dir, &name_text);
         let rel = rel_dir.join(&name);
-        let copy_rel = rel.to_string_lossy();
         let is_dir = file_type.is_dir();
-        let decision = filters.decide(&context_rel, &copy_rel, parent, is_dir);
+        let decision = filters.decide(&context_rel, &rel.to_string_lossy(), parent, is_dir);
         if !decision.selected && !(is_dir && decision.descend) {
             continue;
         }
-        let path = absolute.join(&name);
-        let metadata = match std::fs::symlink_metadata(&path) {
+        // `lstat` through the directory's descriptor
+        let metadata = match dir_entry.metadata() {
             Ok(metadata) => metadata,
             // Removed while walking: it is not there.
             Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
-            Err(error) => return Err(FileOpError::io("reading", path.display(), error)),
+            Err(error) => {
+                return Err(FileOpError::io(
+                    "reading",
+                    absolute.join(&name).display(),
+                    error,
+                ))
+            }
         };
-        if metadata.is_dir() {
-            let index = out.len();
+        children.push(Child {
+            name,
+            rel,
+            context_rel,
+            metadata,
+            decision,
+        });
+    }
+    let walk_child = |child: &Child| -> Result<Vec<Entry>, FileOpError> {
+        let mut below = Vec::new();
+        if child.descends() {
+            walk(
+                filters,
+                &absolute.join(&child.name),
+                &child.rel,
+                &child.context_rel,
+                &child.decision.info,
+                &mut below,
+            )?;
+        }
+        Ok(below)
+    };
+    let subtrees: Vec<Result<Vec<Entry>, FileOpError>> =
+        if children.iter().filter(|child| child.descends()).count() > 1 {
+            children.par_iter().map(walk_child).collect()
+        } else {
+            children.iter().map(walk_child).collect()
+        };
+    for (child, below) in children.into_iter().zip(subtrees) {
+        let below = below?;
+        if child.metadata.is_dir() {
+            // a directory only there for its contents, with nothing taken below, is not taken
+            if !child.decision.selected && below.is_empty() {
+                continue;
+            }
             out.push(Entry {
-                rel: rel.clone(),
-                metadata,
-                selected: decision.selected,
+                rel: child.rel,
+                metadata: child.metadata,
+                selected: child.decision.selected,
             });
-            if decision.descend {
-                walk(filters, &path, &rel, &context_rel, &decision.info, out)?;
-            }
-            if !decision.selected && out.len() == index + 1 {
-                out.pop();
-            }
-        } else if decision.selected {
+            out.extend(below);
+        } else if child.decision.selected {
             out.push(Entry {
-                rel,
-                metadata,
+                rel: child.rel,
+                metadata: child.metadata,
                 selected: true,
             });
         }
