@@ -8,9 +8,15 @@
 //! fails, kiln falls back to `<mount>/kiln/<id>` at the root of the hierarchy, like Docker's
 //! cgroupfs driver. The `kiln` directory itself is kept (removing it would race with concurrent
 //! sandboxes); only `kiln/<id>` is removed.
+//!
+//! A v2 cgroup is entered at clone time (`CLONE_INTO_CGROUP`), a v1 one by a `cgroup.procs`
+//! write after it (an RCU grace period: 5-20 ms); hence a sandbox without limits on a hybrid
+//! host gets only a v2 tracking cgroup (see the crate doc, "cgroups").
 
 use std::fs;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Duration;
@@ -37,6 +43,9 @@ pub enum CgroupMode {
 enum Layout {
     V1 {
         controllers: Vec<(&'static str, PathBuf)>,
+        /// `…/kiln` in a cgroup2 hierarchy mounted beside the v1 ones (a hybrid host): where a
+        /// sandbox without limits goes (entered at clone, no `cgroup.procs` write).
+        tracking: Option<PathBuf>,
     },
     V2 {
         own_base: PathBuf,
@@ -57,6 +66,10 @@ pub(crate) struct SandboxCgroup {
     pub directories: Vec<PathBuf>,
     memory: Option<PathBuf>,
     v2: bool,
+    /// The v2 directory (one of `directories`) a clone can be placed in at birth.
+    clone_directory: Option<PathBuf>,
+    /// Its fd, for `clone3`'s `CLONE_INTO_CGROUP`; closed once the process is placed.
+    clone_fd: Option<OwnedFd>,
 }
 
 fn unescape_mountinfo(field: &str) -> String {
@@ -162,38 +175,21 @@ impl CgroupManager {
         let own = read_own_cgroups()?;
         let mut controllers = Vec::new();
         for controller in CONTROLLERS {
-            let found = mountinfo.lines().find_map(|line| {
-                let (before, after) = line.split_once(" - ")?;
-                let mut after_fields = after.split(' ');
-                if after_fields.next()? != "cgroup" {
-                    return None;
-                }
-                let _source = after_fields.next()?;
-                let options = after_fields.next()?;
-                if !options.split(',').any(|option| option == controller) {
-                    return None;
-                }
-                let fields: Vec<&str> = before.split(' ').collect();
-                Some((
-                    unescape_mountinfo(fields.get(3)?),
-                    unescape_mountinfo(fields.get(4)?),
-                ))
+            let found = find_cgroup_mount(&mountinfo, |fs_type, options| {
+                fs_type == "cgroup" && options.split(',').any(|option| option == controller)
             });
             let Some((mount_root, mount_point)) = found else {
                 continue;
             };
-            let own_path = own
-                .iter()
-                .find(|(names, _)| names.iter().any(|name| name == controller))
-                .map(|(_, path)| path.clone())
-                .unwrap_or_else(|| "/".to_owned());
-            let relative = own_path
-                .strip_prefix(mount_root.as_str())
-                .unwrap_or(&own_path);
-            let base = join_cgroup_path(Path::new(&mount_point), relative).join("kiln");
+            let base = own_kiln_base(&own, &mount_root, &mount_point, |names| {
+                names.iter().any(|name| name == controller)
+            });
             controllers.push((controller, base));
         }
-        Ok(Layout::V1 { controllers })
+        Ok(Layout::V1 {
+            controllers,
+            tracking: hybrid_tracking_base(&mountinfo, &own),
+        })
     }
 
     /// A short description for logs and errors.
@@ -208,9 +204,14 @@ impl CgroupManager {
     /// The directories a sandbox with this id would use (recorded before they are created).
     pub(crate) fn planned_directories(&self, id: &str) -> Vec<PathBuf> {
         match &self.layout {
-            Layout::V1 { controllers } => {
-                controllers.iter().map(|(_, base)| base.join(id)).collect()
-            }
+            Layout::V1 {
+                controllers,
+                tracking,
+            } => tracking
+                .iter()
+                .chain(controllers.iter().map(|(_, base)| base))
+                .map(|base| base.join(id))
+                .collect(),
             Layout::V2 {
                 own_base,
                 root_base,
@@ -246,14 +247,30 @@ impl CgroupManager {
                     directories: Vec::new(),
                     memory: None,
                     v2: false,
+                    clone_directory: None,
+                    clone_fd: None,
                 })
             }
-            Layout::V1 { controllers } => {
+            Layout::V1 {
+                controllers,
+                tracking,
+            } => {
                 self.check_limits(limits, &|name| controllers.iter().any(|(c, _)| *c == name))?;
+                let unlimited =
+                    limits.memory_bytes.is_none() && limits.cpu.is_none() && limits.pids.is_none();
+                if let (true, Some(base)) = (unlimited, tracking) {
+                    // a tracking cgroup that cannot be made (not writable, no such mount any
+                    // more) is not an error: the v1 controllers below are used instead
+                    if let Ok(cgroup) = create_tracking_cgroup(base, id) {
+                        return Ok(cgroup);
+                    }
+                }
                 let mut cgroup = SandboxCgroup {
                     directories: Vec::new(),
                     memory: None,
                     v2: false,
+                    clone_directory: None,
+                    clone_fd: None,
                 };
                 for (controller, base) in controllers {
                     let directory = base.join(id);
@@ -321,6 +338,8 @@ impl CgroupManager {
                     directories: vec![directory.clone()],
                     memory: None,
                     v2: true,
+                    clone_directory: None,
+                    clone_fd: None,
                 };
                 if enabled.contains(&"memory") {
                     if let Some(bytes) = limits.memory_bytes {
@@ -341,10 +360,96 @@ impl CgroupManager {
                 if let Some(pids) = limits.pids {
                     write_file(&directory.join("pids.max"), &pids.to_string())?;
                 }
+                cgroup.clone_fd = Some(open_directory(&directory)?);
+                cgroup.clone_directory = Some(directory);
                 Ok(cgroup)
             }
         }
     }
+}
+
+/// `(root, mount point)` of the first cgroup mount in `mountinfo` whose file system type and
+/// super options `wanted` accepts.
+fn find_cgroup_mount(
+    mountinfo: &str,
+    wanted: impl Fn(&str, &str) -> bool,
+) -> Option<(String, String)> {
+    mountinfo.lines().find_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        let mut after_fields = after.split(' ');
+        let fs_type = after_fields.next()?;
+        let _source = after_fields.next()?;
+        let options = after_fields.next().unwrap_or_default();
+        if !wanted(fs_type, options) {
+            return None;
+        }
+        let fields: Vec<&str> = before.split(' ').collect();
+        Some((
+            unescape_mountinfo(fields.get(3)?),
+            unescape_mountinfo(fields.get(4)?),
+        ))
+    })
+}
+
+/// `<mount point>/<kiln's own path in that hierarchy>/kiln`; the hierarchy is the line of
+/// `/proc/self/cgroup` whose controller list `is_hierarchy` accepts.
+fn own_kiln_base(
+    own: &[(Vec<String>, String)],
+    mount_root: &str,
+    mount_point: &str,
+    is_hierarchy: impl Fn(&[String]) -> bool,
+) -> PathBuf {
+    let own_path = own
+        .iter()
+        .find(|(names, _)| is_hierarchy(names))
+        .map(|(_, path)| path.as_str())
+        .unwrap_or("/");
+    let relative = own_path.strip_prefix(mount_root).unwrap_or(own_path);
+    join_cgroup_path(Path::new(mount_point), relative).join("kiln")
+}
+
+/// `<cgroup2 mount>/<kiln's own v2 path>/kiln` when a cgroup2 hierarchy is mounted beside the
+/// v1 ones (a hybrid host), else `None`.
+fn hybrid_tracking_base(mountinfo: &str, own: &[(Vec<String>, String)]) -> Option<PathBuf> {
+    let (mount_root, mount_point) =
+        find_cgroup_mount(mountinfo, |fs_type, _| fs_type == "cgroup2")?;
+    if !is_cgroup2(Path::new(&mount_point)) {
+        return None;
+    }
+    Some(own_kiln_base(own, &mount_root, &mount_point, |names| {
+        names.is_empty()
+    }))
+}
+
+/// `base/id` in the hybrid host's cgroup2 hierarchy, with no controllers: tracking only.
+fn create_tracking_cgroup(base: &Path, id: &str) -> Result<SandboxCgroup, SandboxError> {
+    create_dir_all(base)?;
+    let directory = base.join(id);
+    fs::create_dir(&directory)
+        .map_err(|e| SandboxError::io(format!("creating cgroup {}", directory.display()), e))?;
+    let target = match open_directory(&directory) {
+        Ok(target) => target,
+        Err(error) => {
+            let _ = fs::remove_dir(&directory);
+            return Err(error);
+        }
+    };
+    Ok(SandboxCgroup {
+        directories: vec![directory.clone()],
+        memory: None,
+        v2: true,
+        clone_directory: Some(directory),
+        clone_fd: Some(target),
+    })
+}
+
+fn open_directory(directory: &Path) -> Result<OwnedFd, SandboxError> {
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(directory)
+        .map(OwnedFd::from)
+        .map_err(|e| SandboxError::io(format!("opening cgroup {}", directory.display()), e))
 }
 
 fn create_dir_all(path: &Path) -> Result<(), SandboxError> {
@@ -392,10 +497,27 @@ fn prepare_v2_base(base: &Path) -> Result<(), SandboxError> {
 }
 
 impl SandboxCgroup {
-    /// Moves a process into every directory of the sandbox.
-    pub(crate) fn add_process(&self, pid: i32) -> Result<(), SandboxError> {
+    /// The fd of the v2 directory a clone can be placed in at birth (`CLONE_INTO_CGROUP`).
+    pub(crate) fn clone_target(&self) -> Option<RawFd> {
+        self.clone_fd.as_ref().map(|fd| fd.as_raw_fd())
+    }
+
+    /// Moves a process into every directory of the sandbox, but the clone target when the clone
+    /// already placed it there.
+    pub(crate) fn add_process(
+        &mut self,
+        pid: i32,
+        placed_by_clone: bool,
+    ) -> Result<(), SandboxError> {
+        self.clone_fd = None;
+        let placed = match placed_by_clone {
+            true => self.clone_directory.as_ref(),
+            false => None,
+        };
         for directory in &self.directories {
-            write_file(&directory.join("cgroup.procs"), &pid.to_string())?;
+            if Some(directory) != placed {
+                write_file(&directory.join("cgroup.procs"), &pid.to_string())?;
+            }
         }
         Ok(())
     }

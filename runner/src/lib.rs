@@ -66,6 +66,15 @@
 //! Memory (swap included where possible), CPU bandwidth and pids limits; the OOM killer is
 //! reported from `memory.oom_control`/`memory.events`.
 //!
+//! A v2 cgroup is entered at birth (`clone3` with `CLONE_INTO_CGROUP`); a v1 one by writing the
+//! pid to `cgroup.procs` after the clone, which waits for an RCU grace period in the kernel
+//! (5-20 ms, measured: most of a `kiln run --rm busybox true`). So on a hybrid host (v1
+//! controllers beside a cgroup2 mount, such as `/sys/fs/cgroup/unified`) a sandbox without
+//! limits gets only a v2 `kiln/<id>` there: tracking and kill-all, no controllers, and it stays
+//! in the v1 cgroups of kiln itself; the v1 controller cgroups are made when a limit is asked
+//! (and an OOM kill is then reported only for a sandbox with a memory limit). A pure v1 host
+//! always uses its v1 controllers.
+//!
 //! # Resources and cleanup
 //!
 //! Each sandbox gets `<state_dir>/<id>/` (mode 0700) holding a lock, a record of its cgroups and

@@ -42,8 +42,21 @@ pub struct Sandbox {
 struct CloneRequest {
     plan: *const ChildPlan,
     flags: u64,
-    reply: mpsc::SyncSender<io::Result<(i32, OwnedFd)>>,
+    /// A v2 cgroup directory to start the child in (`CLONE_INTO_CGROUP`), or -1.
+    cgroup: RawFd,
+    reply: mpsc::SyncSender<io::Result<Cloned>>,
 }
+
+/// A started child: its pid, its pidfd, and whether it was born in the requested cgroup.
+struct Cloned {
+    pid: i32,
+    pidfd: OwnedFd,
+    in_cgroup: bool,
+}
+
+/// `clone3` flag: start the child in the cgroup2 directory given by `clone_args.cgroup`
+/// (Linux 5.7); libc's constant is not usable on every target.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 // SAFETY: the plan pointer stays valid until the reply is received; the spawner thread only reads it
 unsafe impl Send for CloneRequest {}
@@ -60,7 +73,8 @@ fn spawner() -> &'static Mutex<mpsc::Sender<CloneRequest>> {
             .spawn(move || {
                 while let Ok(request) = receiver.recv() {
                     // SAFETY: the plan is alive (its owner blocks on the reply)
-                    let result = unsafe { clone_child(request.plan, request.flags) };
+                    let result =
+                        unsafe { clone_child(request.plan, request.flags, request.cgroup) };
                     let _ = request.reply.send(result);
                 }
             });
@@ -72,14 +86,39 @@ fn spawner() -> &'static Mutex<mpsc::Sender<CloneRequest>> {
     })
 }
 
-/// clone3 into new namespaces; the child runs `init_main` and never returns here.
-unsafe fn clone_child(plan: *const ChildPlan, flags: u64) -> io::Result<(i32, OwnedFd)> {
+/// clone3 into new namespaces (and into the cgroup `cgroup` when it is an fd); the child runs
+/// `init_main` and never returns here. A kernel that refuses `CLONE_INTO_CGROUP` (before 5.7, or
+/// a cgroup it cannot start a process in) gets a plain clone; the caller then moves the child.
+unsafe fn clone_child(plan: *const ChildPlan, flags: u64, cgroup: RawFd) -> io::Result<Cloned> {
+    if cgroup >= 0 {
+        // SAFETY: as below
+        if let Ok((pid, pidfd)) = unsafe { clone3(plan, flags | CLONE_INTO_CGROUP, cgroup) } {
+            return Ok(Cloned {
+                pid,
+                pidfd,
+                in_cgroup: true,
+            });
+        }
+    }
+    // SAFETY: as below
+    let (pid, pidfd) = unsafe { clone3(plan, flags, -1) }?;
+    Ok(Cloned {
+        pid,
+        pidfd,
+        in_cgroup: false,
+    })
+}
+
+unsafe fn clone3(plan: *const ChildPlan, flags: u64, cgroup: RawFd) -> io::Result<(i32, OwnedFd)> {
     let mut pidfd: c_int = -1;
     // SAFETY: clone_args is plain data
     let mut arguments: libc::clone_args = unsafe { std::mem::zeroed() };
     arguments.flags = flags | libc::CLONE_PIDFD as u64;
     arguments.pidfd = &mut pidfd as *mut c_int as u64;
     arguments.exit_signal = libc::SIGCHLD as u64;
+    if cgroup >= 0 {
+        arguments.cgroup = cgroup as u64;
+    }
     // SAFETY: fork-like clone3 (no stack given); the child only runs raw syscalls on `plan`
     let pid = unsafe {
         libc::syscall(
@@ -872,6 +911,11 @@ impl Sandbox {
             .send(CloneRequest {
                 plan: &plan,
                 flags,
+                cgroup: resources
+                    .cgroup
+                    .as_ref()
+                    .and_then(SandboxCgroup::clone_target)
+                    .unwrap_or(-1),
                 reply: reply_sender,
             });
         if sent.is_err() {
@@ -880,7 +924,11 @@ impl Sandbox {
                 io::Error::other("the spawner thread is not running"),
             ));
         }
-        let (pid, pidfd) = reply_receiver
+        let Cloned {
+            pid,
+            pidfd,
+            in_cgroup,
+        } = reply_receiver
             .recv()
             .map_err(|_| {
                 SandboxError::io(
@@ -909,12 +957,12 @@ impl Sandbox {
             finished: None,
         };
 
-        // place the child in its cgroups, then let it go
+        // place the child in its cgroups (those it was not born in), then let it go
         let joined = running
             .resources
-            .as_ref()
-            .and_then(|r| r.cgroup.as_ref())
-            .map(|c| c.add_process(pid))
+            .as_mut()
+            .and_then(|r| r.cgroup.as_mut())
+            .map(|c| c.add_process(pid, in_cgroup))
             .unwrap_or(Ok(()));
         if let Err(error) = joined {
             drop(running);

@@ -40,6 +40,33 @@ fn is_v1() -> bool {
     Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists()
 }
 
+/// Where a cgroup2 hierarchy is mounted: `/sys/fs/cgroup` on a v2 host, `unified` on a hybrid.
+fn cgroup2_mount() -> Option<PathBuf> {
+    [
+        Path::new("/sys/fs/cgroup/unified"),
+        Path::new("/sys/fs/cgroup"),
+    ]
+    .into_iter()
+    .find(|path| path.join("cgroup.procs").exists() && path.join("cgroup.controllers").exists())
+    .map(Path::to_path_buf)
+}
+
+/// The host directories of the sandbox's own cgroups (`…/kiln/<id>`), whatever the version.
+fn sandbox_cgroup_directories(pid: i32, id: &str) -> Vec<PathBuf> {
+    let suffix = format!("/kiln/{id}");
+    cgroups_of(pid)
+        .into_iter()
+        .filter(|(_, path)| path.ends_with(&suffix))
+        .map(|(controllers, path)| {
+            let mount = match controllers.is_empty() {
+                true => cgroup2_mount().unwrap(),
+                false => Path::new("/sys/fs/cgroup").join(controllers.split(',').next().unwrap()),
+            };
+            mount.join(path.trim_start_matches('/'))
+        })
+        .collect()
+}
+
 #[test]
 fn memory_hog_is_oom_killed_and_reported() {
     let rootfs = busybox_rootfs();
@@ -230,6 +257,43 @@ fn cgroup_v2_hierarchy() {
     assert_eq!(fs::read_dir(state.path().join("run")).unwrap().count(), 0);
 }
 
+/// A sandbox without limits gets one cgroup of its own, removed afterwards; on a hybrid host
+/// (v1 controllers beside a cgroup2 mount) that is a v2 one, entered at clone time
+/// (`CLONE_INTO_CGROUP`), with no v1 controller cgroups: moving a process into a cgroup after
+/// the fork costs an RCU grace period, 5-20 ms of every `kiln run`.
+#[test]
+fn unlimited_sandbox_gets_a_cgroup_of_its_own() {
+    let rootfs = busybox_rootfs();
+    let test = sandbox();
+    let mut running = test
+        .sandbox
+        .spawn(spec(rootfs.path(), "sleep 1000"))
+        .unwrap();
+    let directories = sandbox_cgroup_directories(running.pid(), running.id());
+    assert!(!directories.is_empty(), "{:?}", cgroups_of(running.pid()));
+    for directory in &directories {
+        assert!(directory.exists(), "{}", directory.display());
+    }
+    let hybrid = is_v1() && Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists();
+    if hybrid {
+        assert_eq!(directories.len(), 1, "{directories:?}");
+        assert!(directories[0].starts_with("/sys/fs/cgroup/unified"));
+        // still inside the v1 limits kiln itself runs under
+        assert_eq!(
+            v1_directory(running.pid(), "memory"),
+            v1_directory(std::process::id() as i32, "memory")
+        );
+    }
+    running.kill().unwrap();
+    assert_eq!(
+        running.wait().unwrap().outcome,
+        Outcome::Signaled(libc::SIGKILL)
+    );
+    for directory in &directories {
+        assert!(!directory.exists(), "{} left behind", directory.display());
+    }
+}
+
 /// Runs in a child process started by `stale_sandboxes_of_a_killed_kiln_are_cleaned`: starts a
 /// sandbox, reports it, then waits to be killed.
 #[test]
@@ -294,7 +358,8 @@ fn stale_sandboxes_of_a_killed_kiln_are_cleaned() {
             );
         }
     };
-    let memory_directory = is_v1().then(|| v1_directory(init_pid, "memory"));
+    let cgroup_directories = sandbox_cgroup_directories(init_pid, &id);
+    assert!(!cgroup_directories.is_empty());
     assert!(rootfs.path().join("stub/dir").exists());
     // kill -9 the "kiln" process
     helper.kill().unwrap();
@@ -307,8 +372,8 @@ fn stale_sandboxes_of_a_killed_kiln_are_cleaned() {
     }
     // what it leaked: the state dir entry, the cgroups, the stubs
     assert!(state_dir.join(&id).exists());
-    if let Some(directory) = &memory_directory {
-        assert!(directory.exists());
+    for directory in &cgroup_directories {
+        assert!(directory.exists(), "{}", directory.display());
     }
     // a live sandbox in the same state dir is left alone
     let live = Sandbox::new(SandboxConfig {
@@ -321,7 +386,7 @@ fn stale_sandboxes_of_a_killed_kiln_are_cleaned() {
     assert_eq!(cleaned, vec![id.clone()]);
     assert!(state_dir.join(running.id()).exists());
     assert!(!state_dir.join(&id).exists());
-    if let Some(directory) = &memory_directory {
+    for directory in &cgroup_directories {
         assert!(!directory.exists(), "{} left behind", directory.display());
     }
     assert!(!rootfs.path().join("stub").exists());
