@@ -45,8 +45,10 @@ struct CopyContext<'a> {
     dir_contents_only: bool,
     /// FICLONE failed once: do not try it again for this copy.
     clone_unsupported: AtomicBool,
-    /// copy_file_range failed once: use read/write.
+    /// copy_file_range failed once (another filesystem): use sendfile.
     range_unsupported: AtomicBool,
+    /// sendfile failed once: use read/write.
+    sendfile_unsupported: AtomicBool,
 }
 
 /// The destination path as BuildKit's `cleanPath` leaves it and the directory `Copy` makes
@@ -103,6 +105,7 @@ pub(crate) fn copy(
         dir_contents_only: action.dir_contents_only,
         clone_unsupported: AtomicBool::new(false),
         range_unsupported: AtomicBool::new(false),
+        sendfile_unsupported: AtomicBool::new(false),
     };
     let selections = select_copy(source, action)?;
     for selection in &selections {
@@ -512,7 +515,9 @@ fn copy_regular_file(
     Ok(())
 }
 
-/// Reflink when the filesystem can, else `copy_file_range`, else read/write.
+/// Reflink when the filesystem can, else `copy_file_range` (same filesystem only), else
+/// `sendfile` (works from the context's filesystem into an overlay, and copies once in the
+/// kernel instead of twice through a buffer), else read/write.
 fn copy_content(
     context: &CopyContext<'_>,
     source: &File,
@@ -541,6 +546,25 @@ fn copy_content(
             }
         }
         if copied >= size {
+            return Ok(());
+        }
+    }
+    if !context.sendfile_unsupported.load(Ordering::Relaxed) {
+        let mut sent: u64 = 0;
+        while copied + sent < size {
+            let wanted = (size - copied - sent).min(1 << 30) as usize;
+            match rustix::fs::sendfile(destination, source, None, wanted) {
+                Ok(0) => return Ok(()),
+                Ok(count) => sent += count as u64,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(_) if sent == 0 => {
+                    context.sendfile_unsupported.store(true, Ordering::Relaxed);
+                    break;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        if copied + sent >= size {
             return Ok(());
         }
     }
