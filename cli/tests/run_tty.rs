@@ -1,12 +1,13 @@
 //! `kiln run -t` / `-i` and signals: the container gets a pty with `-t`, kiln's standard
 //! input with `-i`, and a Ctrl-C (SIGINT to kiln, or the ^C key on a terminal) reaches the
-//! container's process, whose exit code kiln exits with.
+//! container's process, whose exit code kiln exits with; what a `kiln run` killed with SIGKILL
+//! leaves is cleaned by the next one.
 
 mod image_support;
 mod pty_support;
 
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::process::Stdio;
+use std::process::{Child, ChildStdout, Stdio};
 use std::time::Duration;
 
 use image_support::{push, Kiln};
@@ -124,14 +125,10 @@ fn interactive_passes_standard_input() {
     );
 }
 
-/// Regression: kiln installed its signal handlers only after the container had started, so a
-/// SIGINT right after the container's first output killed kiln (leaving the container to its
-/// parent-death signal) instead of reaching the container.
-#[test]
-fn sigint_to_kiln_reaches_the_container_and_its_exit_code_is_kiln_s() {
-    let kiln = kiln_with_busybox();
+/// `kiln run --rm box:1 sh -c SCRIPT` started, once the script printed its first line, `ready`.
+fn run_until_ready(kiln: &Kiln, script: &str) -> (Child, BufReader<ChildStdout>) {
     let mut child = kiln
-        .command(&["run", "--rm", "box:1", "sh", "-c", TRAP_SCRIPT])
+        .command(&["run", "--rm", "box:1", "sh", "-c", script])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -141,6 +138,16 @@ fn sigint_to_kiln_reaches_the_container_and_its_exit_code_is_kiln_s() {
     let mut line = String::new();
     stdout.read_line(&mut line).expect("reading");
     assert_eq!(line, "ready\n");
+    (child, stdout)
+}
+
+/// Regression: kiln installed its signal handlers only after the container had started, so a
+/// SIGINT right after the container's first output killed kiln (leaving the container to its
+/// parent-death signal) instead of reaching the container.
+#[test]
+fn sigint_to_kiln_reaches_the_container_and_its_exit_code_is_kiln_s() {
+    let kiln = kiln_with_busybox();
+    let (mut child, mut stdout) = run_until_ready(&kiln, TRAP_SCRIPT);
     let pid = i32::try_from(child.id()).expect("pid");
     // SAFETY: a signal to the kiln process this test started
     assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
@@ -149,6 +156,28 @@ fn sigint_to_kiln_reaches_the_container_and_its_exit_code_is_kiln_s() {
     std::io::Read::read_to_string(&mut stdout, &mut rest).expect("reading");
     assert_eq!(rest, "got-int\n");
     assert_eq!(status.code(), Some(3), "{status:?}");
+}
+
+/// Regression: only `kiln build` cleaned the sandbox state directories and cgroups of killed
+/// kiln processes, so those of a killed `kiln run` stayed until the next build.
+#[test]
+fn leftovers_of_a_killed_kiln_run_are_cleaned_by_the_next_run() {
+    let kiln = kiln_with_busybox();
+    let (mut child, _stdout) = run_until_ready(&kiln, "echo ready; sleep 1000");
+    child.kill().expect("SIGKILL to kiln");
+    wait_with_timeout(&mut child, WAIT);
+    let state_dir = kiln.root().join("run");
+    let left: Vec<_> = std::fs::read_dir(&state_dir)
+        .expect("the state directory")
+        .map(|entry| entry.expect("an entry").file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    kiln.ok(&["run", "--rm", "box:1", "true"]);
+    let left: Vec<_> = std::fs::read_dir(&state_dir)
+        .expect("the state directory")
+        .map(|entry| entry.expect("an entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]

@@ -83,7 +83,10 @@
 //! cgroups are emptied and removed, stubs that are still empty are removed (re-resolved inside
 //! the rootfs, never following a planted symlink, CVE-2024-23652) and the directory is deleted.
 //! Mounts need no cleanup: they only exist in the sandbox's private mount namespace, which dies
-//! with its last process. What a killed kiln leaves is removed by [`cleanup_stale`].
+//! with its last process. What a killed kiln leaves is removed by [`cleanup_stale`] (`kiln build`
+//! and `kiln run` call it at start). A sandbox directory is made under a staging name and
+//! renamed into place only once its lock is held, so a cleanup in another process never takes
+//! a sandbox that is starting.
 
 mod cgroup;
 mod child;

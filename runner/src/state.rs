@@ -50,6 +50,35 @@ pub(crate) fn create_private_dir(path: &Path) -> io::Result<()> {
     fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
 }
 
+/// Names of sandbox directories still being made (not yet locked and renamed into place).
+const STAGING_PREFIX: &str = ".new-";
+
+/// How old a staging directory must be before `cleanup_stale` takes it for the leftover of a kiln
+/// killed while making it (making one takes microseconds).
+const STAGING_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `rename(from, to)` that fails with `AlreadyExists` instead of replacing an empty `to`.
+fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    let from_c = CString::new(from.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let to_c = CString::new(to.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: two valid C strings
+    let result = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from_c.as_ptr(),
+            libc::AT_FDCWD,
+            to_c.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn try_lock(file: &File) -> io::Result<bool> {
     // SAFETY: flock on an open file
     let result = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
@@ -64,27 +93,41 @@ fn try_lock(file: &File) -> io::Result<bool> {
 }
 
 impl StateDirectory {
+    /// Makes `<state_dir>/<id>/` with its lock held. It is built under a staging name
+    /// ([`STAGING_PREFIX`]) and renamed into place once locked, so that [`cleanup_stale`] in
+    /// another process never finds a live sandbox's directory unlocked.
     pub(crate) fn create(state_dir: &Path, id: &str) -> io::Result<Self> {
         let path = state_dir.join(id);
-        fs::DirBuilder::new().mode(0o700).create(&path)?;
-        // the child mounts its tmpfs for file mounts here (in its own mount namespace)
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(path.join("files"))?;
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(path.join("lock"))?;
-        if !try_lock(&lock)? {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("sandbox {id} is in use"),
-            ));
+        let staging = state_dir.join(format!("{STAGING_PREFIX}{id}"));
+        fs::DirBuilder::new().mode(0o700).create(&staging)?;
+        let locked = (|| {
+            // the child mounts its tmpfs for file mounts here (in its own mount namespace)
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(staging.join("files"))?;
+            let lock = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(staging.join("lock"))?;
+            if !try_lock(&lock)? {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("sandbox {id} is in use"),
+                ));
+            }
+            rename_no_replace(&staging, &path)?;
+            Ok(lock)
+        })();
+        match locked {
+            Ok(lock) => Ok(StateDirectory { path, _lock: lock }),
+            Err(error) => {
+                let _ = fs::remove_dir_all(&staging);
+                Err(error)
+            }
         }
-        Ok(StateDirectory { path, _lock: lock })
     }
 
     pub(crate) fn write_record(&self, record: &StateRecord) -> io::Result<()> {
@@ -213,6 +256,23 @@ pub fn cleanup_stale(state_dir: &Path) -> io::Result<Vec<String>> {
             continue;
         }
         let path = entry.path();
+        if entry
+            .file_name()
+            .as_encoded_bytes()
+            .starts_with(STAGING_PREFIX.as_bytes())
+        {
+            // being made by a live process, or left by a kiln killed while making it (before
+            // any cgroup or stub existed: nothing to undo but the directory)
+            let age = entry
+                .metadata()?
+                .modified()
+                .ok()
+                .and_then(|modified| modified.elapsed().ok());
+            if age.is_some_and(|age| age > STAGING_GRACE) {
+                fs::remove_dir_all(&path)?;
+            }
+            continue;
+        }
         let lock = match OpenOptions::new()
             .write(true)
             .create(true)

@@ -322,6 +322,22 @@ fn helper_start_and_wait_to_be_killed() {
     std::thread::sleep(Duration::from_secs(1000));
 }
 
+/// A sandbox directory is made under a staging name and renamed into place once locked, so a
+/// `cleanup_stale` in another process never removes one being made; a staging directory is
+/// taken for a killed kiln's leftover only once it is a minute old.
+#[test]
+fn sandboxes_being_made_are_not_cleaned() {
+    let state = tempfile::tempdir().unwrap();
+    let staging = state.path().join(".new-run-123");
+    fs::create_dir_all(staging.join("files")).unwrap();
+    assert_eq!(cleanup_stale(state.path()).unwrap(), Vec::<String>::new());
+    assert!(staging.exists());
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    fs::File::open(&staging).unwrap().set_modified(old).unwrap();
+    cleanup_stale(state.path()).unwrap();
+    assert!(!staging.exists());
+}
+
 #[test]
 fn stale_sandboxes_of_a_killed_kiln_are_cleaned() {
     let rootfs = busybox_rootfs();

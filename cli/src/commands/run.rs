@@ -247,6 +247,9 @@ async fn run_container(args: RunArgs) -> anyhow::Result<ExitCode> {
         state_dir: root.join("run"),
         cgroups: kiln_runner::CgroupMode::default(),
     })?);
+    // what a killed kiln left (state directories, cgroups, mount-point stubs), as a build does;
+    // the overlays and leases of killed processes are the store's recovery at open
+    let _ = sandbox.cleanup_stale();
     // Ctrl-C and termination requests go to the container's process (through its init).
     // The handlers are installed before the container starts, so that a signal arriving
     // while it starts is forwarded rather than killing kiln and orphaning the container.
