@@ -236,8 +236,13 @@ impl Metadata {
             .connection
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // NORMAL, not OFF: in WAL mode NORMAL skips the fsync of the commit but keeps the
+        // fsyncs of a checkpoint (the log before it is copied into the database file, the
+        // database before the log is reused). With OFF, an automatic checkpoint run by this
+        // commit could let the log be reused unsynced, and a power loss could then take
+        // records committed durably before.
         connection
-            .execute_batch("PRAGMA synchronous = OFF;")
+            .execute_batch("PRAGMA synchronous = NORMAL;")
             .map_err(|e| classify(&self.db_path, self.busy_timeout, e, false))?;
         let result =
             Self::write_locked(&mut connection, &self.db_path, self.busy_timeout, operation);
