@@ -234,6 +234,9 @@ impl<W: Worker> Solver<W> {
             first_error: Mutex::new(None),
         });
         let result = state.value(target).await;
+        if result.is_ok() {
+            state.report_skipped_as_cached();
+        }
         let first = state
             .first_error
             .lock()
@@ -305,6 +308,25 @@ fn spawn_shared<T: Clone + Send + Sync + 'static>(
 }
 
 impl<W: Worker> State<W> {
+    /// After a successful solve: every vertex whose key was computed but whose value was
+    /// never needed (a cache hit further down made it unnecessary) is reported as cached, as
+    /// BuildKit shows every step of a cached rebuild, in vertex order.
+    fn report_skipped_as_cached(&self) {
+        let mut skipped: Vec<usize> = {
+            let keys = lock(&self.keys);
+            let values = lock(&self.values);
+            keys.keys()
+                .filter(|vertex| !values.contains_key(vertex))
+                .copied()
+                .collect()
+        };
+        skipped.sort_unstable();
+        for vertex in skipped {
+            self.events
+                .send(vertex, &self.graph.vertex(vertex).name, EventKind::Cached);
+        }
+    }
+
     fn record_failure(&self, error: SolveError) -> Arc<SolveError> {
         let error = Arc::new(error);
         let mut first = lock(&self.first_error);
