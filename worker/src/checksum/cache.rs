@@ -160,12 +160,23 @@ impl ChecksumCache {
         self.files_read.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn lookup(&self, key: &[u8], stat: &StatKey) -> Option<Hashes> {
-        let records = self.records.read().ok()?;
-        records
-            .get(key)
-            .filter(|record| record.stat == *stat)
-            .map(|record| record.hashes)
+    /// The hashes of entries whose `lstat` still matches (`None` for the others), all
+    /// looked up under one read lock.
+    pub(crate) fn lookup_many<'k>(
+        &self,
+        entries: impl Iterator<Item = (&'k [u8], &'k StatKey)>,
+    ) -> Vec<Option<Hashes>> {
+        let Ok(records) = self.records.read() else {
+            return entries.map(|_| None).collect();
+        };
+        entries
+            .map(|(key, stat)| {
+                records
+                    .get(key)
+                    .filter(|record| record.stat == *stat)
+                    .map(|record| record.hashes)
+            })
+            .collect()
     }
 
     /// Stores hashes computed after `hash_started_nanos` (wall clock).

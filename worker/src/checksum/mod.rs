@@ -213,8 +213,9 @@ fn hash_entries<'a>(
         entry: &'b Entry,
         stat: StatKey,
     }
+    let selections: Vec<&Selection> = selections.collect();
     let mut work: Vec<Work<'_>> = Vec::new();
-    for selection in selections {
+    for selection in &selections {
         for entry in &selection.entries {
             work.push(Work {
                 key: selection
@@ -228,28 +229,46 @@ fn hash_entries<'a>(
             });
         }
     }
-    // Each path once, even when several copies take it.
-    let mut first_of_key: std::collections::HashMap<&[u8], usize> =
-        std::collections::HashMap::with_capacity(work.len());
-    let mut unique: Vec<usize> = Vec::with_capacity(work.len());
-    let slot_of: Vec<usize> = work
-        .iter()
-        .enumerate()
-        .map(|(index, item)| {
-            *first_of_key.entry(item.key.as_slice()).or_insert_with(|| {
-                unique.push(index);
-                unique.len() - 1
+    // Each path once, even when several copies take it (one selection never has a path
+    // twice: no map needed).
+    let (unique, slot_of): (Vec<usize>, Option<Vec<usize>>) = if selections.len() > 1 {
+        let mut first_of_key: std::collections::HashMap<&[u8], usize> =
+            std::collections::HashMap::with_capacity(work.len());
+        let mut unique: Vec<usize> = Vec::with_capacity(work.len());
+        let slot_of: Vec<usize> = work
+            .iter()
+            .enumerate()
+            .map(|(index, item)| {
+                *first_of_key.entry(item.key.as_slice()).or_insert_with(|| {
+                    unique.push(index);
+                    unique.len() - 1
+                })
             })
+            .collect();
+        (unique, Some(slot_of))
+    } else {
+        ((0..work.len()).collect(), None)
+    };
+    let started = now_nanos();
+    // Cache lookups in chunks, each under one read lock of the cache.
+    let known: Vec<Option<Hashes>> = unique
+        .par_chunks(1024)
+        .flat_map_iter(|chunk| {
+            cache.lookup_many(
+                chunk
+                    .iter()
+                    .map(|&index| (&work[index].key[..], &work[index].stat)),
+            )
         })
         .collect();
-    let started = now_nanos();
     let results: Vec<Result<(Hashes, bool), ChecksumError>> = unique
         .par_iter()
-        .map(|&index| {
-            let item = &work[index];
-            if let Some(hashes) = cache.lookup(&item.key, &item.stat) {
+        .zip(known)
+        .map(|(&index, known)| {
+            if let Some(hashes) = known {
                 return Ok((hashes, false));
             }
+            let item = &work[index];
             // the path is only built for a file that is read
             let path = item.selection.entry_path(source, item.entry);
             let hashes =
@@ -270,7 +289,10 @@ fn hash_entries<'a>(
         }
         unique_hashes.push(entry_hashes);
     }
-    let hashes: Vec<Hashes> = slot_of.iter().map(|&slot| unique_hashes[slot]).collect();
+    let hashes: Vec<Hashes> = match slot_of {
+        Some(slot_of) => slot_of.iter().map(|&slot| unique_hashes[slot]).collect(),
+        None => unique_hashes,
+    };
     if !fresh.is_empty() {
         cache.insert_many(fresh, started);
     }

@@ -324,14 +324,20 @@ fn select_path(
     });
     if is_dir {
         let parent_info = FilterInfo::default();
+        let mut segments = Vec::new();
         walk(
             filters,
             &absolute,
             Path::new(""),
             &context_rel,
             &parent_info,
-            &mut selection.entries,
+            &mut segments,
         )?;
+        let total: usize = segments.iter().map(Vec::len).sum();
+        selection.entries.reserve(total);
+        for segment in segments {
+            selection.entries.extend(segment);
+        }
     }
     Ok(selection)
 }
@@ -381,7 +387,9 @@ fn read_sorted_entries(
     Ok(entries)
 }
 
-/// Walks the directory `absolute` (the match's `rel_dir`), appending taken entries.
+/// Walks the directory `absolute` (the match's `rel_dir`), appending taken entries as
+/// segments (runs of entries, in order), so that a subtree's entries are moved once into the
+/// final list rather than once per level.
 ///
 /// Each directory's entries are `lstat`ed relative to the directory's own descriptor (no path
 /// lookup from the root per file), and sibling subdirectories are walked in parallel on
@@ -392,7 +400,7 @@ fn walk(
     rel_dir: &Path,
     context_dir: &str,
     parent: &FilterInfo,
-    out: &mut Vec<Entry>,
+    out: &mut Vec<Vec<Entry>>,
 ) -> Result<(), FileOpError> {
     struct Child {
         name: OsString,
@@ -437,7 +445,7 @@ fn walk(
             decision,
         });
     }
-    let walk_child = |child: &Child| -> Result<Vec<Entry>, FileOpError> {
+    let walk_child = |child: &Child| -> Result<Vec<Vec<Entry>>, FileOpError> {
         let mut below = Vec::new();
         if child.descends() {
             walk(
@@ -451,32 +459,39 @@ fn walk(
         }
         Ok(below)
     };
-    let subtrees: Vec<Result<Vec<Entry>, FileOpError>> =
+    let subtrees: Vec<Result<Vec<Vec<Entry>>, FileOpError>> =
         if children.iter().filter(|child| child.descends()).count() > 1 {
             children.par_iter().map(walk_child).collect()
         } else {
             children.iter().map(walk_child).collect()
         };
+    let mut current: Vec<Entry> = Vec::new();
     for (child, below) in children.into_iter().zip(subtrees) {
         let below = below?;
         if child.metadata.is_dir() {
             // a directory only there for its contents, with nothing taken below, is not taken
-            if !child.decision.selected && below.is_empty() {
+            if !child.decision.selected && below.iter().all(Vec::is_empty) {
                 continue;
             }
-            out.push(Entry {
+            current.push(Entry {
                 rel: child.rel,
                 metadata: child.metadata,
                 selected: child.decision.selected,
             });
-            out.extend(below);
+            if !below.is_empty() {
+                out.push(std::mem::take(&mut current));
+                out.extend(below);
+            }
         } else if child.decision.selected {
-            out.push(Entry {
+            current.push(Entry {
                 rel: child.rel,
                 metadata: child.metadata,
                 selected: true,
             });
         }
+    }
+    if !current.is_empty() {
+        out.push(current);
     }
     Ok(())
 }
