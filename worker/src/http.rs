@@ -1,4 +1,5 @@
-//! `ADD <url>`: the file downloaded (checksum verified when given) into a fresh snapshot.
+//! `ADD <url>`: the file downloaded (checksum verified when given) into a fresh snapshot,
+//! streamed to disk as it arrives.
 
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
@@ -28,8 +29,21 @@ pub async fn download(
     if !response.status().is_success() {
         return Err(BuildError::Other(format!("{}: {}", http.url, response.status())).into());
     }
-    let bytes = response.bytes().await?;
-    let digest = Digest::from_sha256(kiln_types::Sha256::digest(&bytes));
+    // Streamed into the snapshot while hashed, never held whole in memory; a failed or
+    // mismatching download drops the snapshot.
+    let snapshotter = worker.store.snapshotter();
+    let active = snapshotter.prepare(&worker.lease, None)?;
+    let path = active.mountpoint().join(&file_name);
+    let mut file = std::fs::File::create(&path)?;
+    let mut hasher = kiln_types::Sha256::new();
+    let mut size: u64 = 0;
+    let mut response = response;
+    while let Some(chunk) = response.chunk().await? {
+        hasher.update(&chunk);
+        size += chunk.len() as u64;
+        tokio::task::block_in_place(|| file.write_all(&chunk))?;
+    }
+    let digest = Digest::from_sha256(hasher.finalize());
     if let Some(expected) = &http.checksum {
         if &digest != expected {
             return Err(BuildError::Other(format!(
@@ -41,13 +55,8 @@ pub async fn download(
     }
     context.log(
         kiln_solver::LogStream::Stdout,
-        format!("downloaded {} bytes\n", bytes.len()).as_bytes(),
+        format!("downloaded {size} bytes\n").as_bytes(),
     );
-    let snapshotter = worker.store.snapshotter();
-    let active = snapshotter.prepare(&worker.lease, None)?;
-    let path = active.mountpoint().join(&file_name);
-    let mut file = std::fs::File::create(&path)?;
-    file.write_all(&bytes)?;
     file.set_permissions(std::fs::Permissions::from_mode(
         http.permissions.unwrap_or(0o600),
     ))?;
