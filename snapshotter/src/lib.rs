@@ -249,8 +249,8 @@ impl Store {
 
     /// Waits until the files of every snapshot committed so far are on disk (a `syncfs` of
     /// the store's filesystem that began after this call). Commits never wait for the disk
-    /// themselves: a background sync follows each one (see the crate's "Durability of
-    /// snapshots"). A caller about to exit calls this so that a crash later loses nothing.
+    /// themselves: a background sync follows them (see the `sync` module). For a caller that
+    /// must know its snapshots survive a crash; kiln's commands do not wait.
     pub fn sync_snapshots(&self) {
         self.inner.wait_snapshot_sync();
     }

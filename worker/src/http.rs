@@ -25,7 +25,7 @@ pub async fn download(
     // reqwest is built without a default crypto provider (as in the registry client).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder().build()?;
-    let response = client.get(&http.url).send().await?;
+    let mut response = client.get(&http.url).send().await?;
     if !response.status().is_success() {
         return Err(BuildError::Other(format!("{}: {}", http.url, response.status())).into());
     }
@@ -37,7 +37,6 @@ pub async fn download(
     let mut file = std::fs::File::create(&path)?;
     let mut hasher = kiln_types::Sha256::new();
     let mut size: u64 = 0;
-    let mut response = response;
     while let Some(chunk) = response.chunk().await? {
         hasher.update(&chunk);
         size += chunk.len() as u64;
