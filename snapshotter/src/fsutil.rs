@@ -21,6 +21,25 @@ pub(crate) fn create_dir_all(path: &Path) -> Result<()> {
     fs::create_dir_all(path).map_err(|e| StoreError::io("create directory", path, e))
 }
 
+/// Marks a directory as the top of unrelated directory trees for ext4's Orlov allocator
+/// (`chattr +T`): each subdirectory made in it goes to a block group of its own choosing,
+/// with free inodes, instead of its parent's group. A snapshot or cache mount is such a
+/// tree. Without it, a snapshot made just after others were deleted lands in the same group,
+/// and on ext4 without a journal every file it creates scans past the recently deleted
+/// inodes there (`recently_deleted()`): after a 20,000-file snapshot was removed, copying
+/// 20,000 files into a new one took 1.9-3.1 s instead of 0.6 s. Filesystems without the flag
+/// (or refusing it) are left as they are: it only places inodes.
+pub(crate) fn mark_top_dir(path: &Path) {
+    let Ok(directory) = fs::File::open(path) else {
+        return;
+    };
+    if let Ok(flags) = rustix::fs::ioctl_getflags(&directory) {
+        if !flags.contains(rustix::fs::IFlags::TOPDIR) {
+            let _ = rustix::fs::ioctl_setflags(&directory, flags | rustix::fs::IFlags::TOPDIR);
+        }
+    }
+}
+
 /// Removes a file or a whole tree; a missing path is fine.
 pub(crate) fn remove_path(path: &Path) -> Result<()> {
     let metadata = match fs::symlink_metadata(path) {

@@ -234,6 +234,8 @@ impl Store {
         ] {
             fsutil::create_dir_all(directory)?;
         }
+        fsutil::mark_top_dir(&layout.snapshots);
+        fsutil::mark_top_dir(&layout.cache_mounts);
         let metadata = metadata::Metadata::open(&root, options.busy_timeout)?;
         let store = Store {
             inner: Arc::new(StoreInner {

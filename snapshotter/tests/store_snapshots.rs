@@ -497,3 +497,33 @@ fn throwaway_snapshots_are_volatile_and_never_committed() {
         assert!(mounts_under(root.path()).is_empty());
     }
 }
+
+/// The snapshots and cache-mount directories carry ext4's top-of-tree flag (`chattr +T`), so
+/// a new snapshot's files are not allocated among the inodes of snapshots just deleted. Only
+/// checked where the filesystem keeps that flag (ext2/3/4); elsewhere opening must still work.
+#[test]
+fn snapshot_directories_are_marked_top_of_tree_where_supported() {
+    let root = TestRoot::new();
+    let probe = root.path().join("probe");
+    fs::create_dir_all(&probe).unwrap();
+    let probe_dir = fs::File::open(&probe).unwrap();
+    let supported = rustix::fs::ioctl_getflags(&probe_dir)
+        .and_then(|flags| {
+            rustix::fs::ioctl_setflags(&probe_dir, flags | rustix::fs::IFlags::TOPDIR)
+        })
+        .and_then(|()| rustix::fs::ioctl_getflags(&probe_dir))
+        .map(|flags| flags.contains(rustix::fs::IFlags::TOPDIR))
+        .unwrap_or(false);
+    let _store = open(&root, MountMethod::Auto);
+    for name in ["snapshots", "cache-mounts"] {
+        let directory = fs::File::open(root.path().join(name)).unwrap();
+        let flags = rustix::fs::ioctl_getflags(&directory).ok();
+        println!("{name}: flags {flags:?}, filesystem keeps TOPDIR: {supported}");
+        if supported {
+            assert!(
+                flags.unwrap().contains(rustix::fs::IFlags::TOPDIR),
+                "{name} not marked"
+            );
+        }
+    }
+}
