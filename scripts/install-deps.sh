@@ -10,6 +10,8 @@ packages=(
   iproute2         # ip, for network namespace checks
   zstd
   gcc              # C compiler for the SQLite that rusqlite bundles (kiln-snapshotter metadata)
+  libssl-dev       # OpenSSL's sha256 (kiln-types: every digest, layers' diffIDs)
+  pkg-config       # finds libssl for the openssl-sys crate
   python3          # reads xattrs in the image end-to-end tests (cli/tests/image_pull.rs)
 )
 
