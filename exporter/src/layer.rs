@@ -10,7 +10,10 @@ use std::fs;
 
 use std::io;
 
-use kiln_snapshotter::archive::{decompressing_reader, write_layer_from_upper, DiffOptions};
+use kiln_snapshotter::archive::{
+    decompressing_reader, write_layer_from_upper, write_layer_from_upper_resuming, DiffOptions,
+    LayerReference,
+};
 use kiln_snapshotter::{LayerBlobRecord, Lease, SnapshotId, SnapshotKind, Store};
 use kiln_types::media_type::{self, Compression};
 use kiln_types::{Descriptor, Digest, Sha256Writer};
@@ -191,25 +194,29 @@ impl LayerExporter {
         }
         let directory = self.store.snapshotter().fs_dir(snapshot);
         let uncompressed = effective_level(options.compression, options.level).is_none();
-        let mut blob = self.store.content().writer(lease, None)?;
-        if uncompressed {
-            // the blob is the tar itself: its digest is the diffID, hashed once below
-            blob = blob.without_hashing();
-        }
-        let mut compressor =
-            LayerCompressor::new(blob, options.compression, options.level, self.threads)
-                .map_err(|error| ExportError::io("starting the layer compressor", error))?;
         let diff_options = DiffOptions {
             source_date_epoch: options.source_date_epoch,
         };
-        let stats = write_layer_from_upper(&directory, &mut compressor, &diff_options)?;
-        let blob = compressor
-            .finish()
-            .map_err(|error| ExportError::io("compressing the layer", error))?;
-        let (digest, size) = if uncompressed {
-            blob.commit_with_digest(stats.diff_id.clone())?
+        let mut blob = self.store.content().writer(lease, None)?;
+        let (digest, size, stats, midstates) = if uncompressed {
+            // the blob is the tar itself: its digest is the diffID, hashed once, resumed
+            // past the prefix it shares with the same step's earlier layer when there is one
+            blob = blob.without_hashing();
+            let reference = self.layer_reference(lease, snapshot, &variant)?;
+            let resumed =
+                write_layer_from_upper_resuming(&directory, &mut blob, &diff_options, reference)?;
+            let (digest, size) = blob.commit_with_digest(resumed.stats.diff_id.clone())?;
+            (digest, size, resumed.stats, resumed.midstates)
         } else {
-            blob.commit()?
+            let mut compressor =
+                LayerCompressor::new(blob, options.compression, options.level, self.threads)
+                    .map_err(|error| ExportError::io("starting the layer compressor", error))?;
+            let stats = write_layer_from_upper(&directory, &mut compressor, &diff_options)?;
+            let blob = compressor
+                .finish()
+                .map_err(|error| ExportError::io("compressing the layer", error))?;
+            let (digest, size) = blob.commit()?;
+            (digest, size, stats, Vec::new())
         };
         let exported = LayerBlobRecord {
             media_type: media_type.to_string(),
@@ -218,6 +225,7 @@ impl LayerExporter {
             diff_id: stats.diff_id.clone(),
             uncompressed_size: stats.size,
             created_unix: 0,
+            midstates,
         };
         self.store.put_layer_blob(snapshot, &variant, &exported)?;
         Ok(ExportedLayer {
@@ -227,6 +235,30 @@ impl LayerExporter {
             empty: empty || stats.entries == 0,
             reused: false,
         })
+    }
+
+    /// The uncompressed layer of another snapshot with the same parent (the same step's
+    /// earlier result, most likely) to compare `snapshot`'s tar with, protected by `lease`;
+    /// `None` when there is none or it cannot be read.
+    fn layer_reference(
+        &self,
+        lease: &Lease,
+        snapshot: &SnapshotId,
+        variant: &str,
+    ) -> Result<Option<LayerReference>> {
+        let Some((_, record)) = self.store.sibling_layer_blob(snapshot, variant)? else {
+            return Ok(None);
+        };
+        lease.protect_blob(&record.digest)?;
+        let Ok(tar) = self.store.content().open(&record.digest) else {
+            return Ok(None);
+        };
+        Ok(Some(LayerReference {
+            tar,
+            size: record.uncompressed_size,
+            diff_id: record.diff_id,
+            midstates: record.midstates,
+        }))
     }
 
     /// An existing layer blob (a base image's, say) recompressed as `options` says, for
@@ -299,6 +331,7 @@ impl LayerExporter {
                 diff_id: diff_id.clone(),
                 uncompressed_size,
                 created_unix: 0,
+                midstates: Vec::new(),
             };
             self.store.put_layer_blob(snapshot, &variant, &record)?;
         }

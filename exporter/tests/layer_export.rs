@@ -342,3 +342,83 @@ fn active_snapshots_are_refused() {
         Err(kiln_exporter::ExportError::SnapshotNotCommitted { .. })
     ));
 }
+
+/// A COPY-like layer of 12 MB over `base`: 24 files of 500 kB, the last one's bytes from
+/// `last_seed`, fixed times.
+fn big_sibling(
+    store: &Store,
+    lease: &kiln_snapshotter::Lease,
+    base: &kiln_snapshotter::SnapshotId,
+    last_seed: u8,
+) -> kiln_snapshotter::SnapshotId {
+    let snapshotter = store.snapshotter();
+    let active = snapshotter.prepare(lease, Some(base)).unwrap();
+    let app = active.mountpoint().join("app");
+    fs::create_dir(&app).unwrap();
+    for index in 0..24u8 {
+        let seed = if index == 23 { last_seed } else { index };
+        let content: Vec<u8> = (0..500_000u32)
+            .map(|byte| (byte as u8).wrapping_mul(31) ^ seed)
+            .collect();
+        let path = app.join(format!("f{index:02}"));
+        fs::write(&path, content).unwrap();
+        support::set_mtime(&path, 1_700_000_000);
+    }
+    support::set_mtime(&app, 1_700_000_000);
+    snapshotter
+        .commit(active, kiln_snapshotter::CommitOptions::default())
+        .unwrap()
+}
+
+/// The same step rebuilt with its last file changed: the export resumes the diffID from the
+/// earlier sibling's saved states, and the blob it stores still hashes to that diffID; a
+/// third sibling equal to the first gets the first's diffID.
+#[test]
+fn a_rebuilt_layer_resumes_its_diff_id_from_the_earlier_sibling() {
+    let root = TestRoot::new();
+    let store = root.store("store");
+    let lease = store.lease("test").unwrap();
+    let base = base_snapshot(&store, &lease);
+    let exporter = LayerExporter::new(&store);
+    let options = options(Compression::Uncompressed);
+
+    let first = big_sibling(&store, &lease, &base, 100);
+    let first_layer = exporter
+        .layer_for_snapshot(&lease, &first, &options)
+        .unwrap();
+    let first_record = store
+        .layer_blobs(&first)
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap()
+        .1;
+    assert_eq!(
+        first_record.midstates.len(),
+        2,
+        "12 MB of tar: states at 4 and 8 MiB"
+    );
+
+    for (seed, same_as_first) in [(200u8, false), (100u8, true)] {
+        let sibling = big_sibling(&store, &lease, &base, seed);
+        let layer = exporter
+            .layer_for_snapshot(&lease, &sibling, &options)
+            .unwrap();
+        let tar = uncompressed_tar(&store, &layer.descriptor.digest, Compression::Uncompressed);
+        assert_eq!(
+            Digest::of_bytes(&tar),
+            layer.diff_id,
+            "the blob hashes to its diffID"
+        );
+        assert_eq!(layer.descriptor.digest, layer.diff_id);
+        assert_eq!(layer.diff_id == first_layer.diff_id, same_as_first);
+        let record = store
+            .layer_blobs(&sibling)
+            .unwrap()
+            .into_iter()
+            .next()
+            .unwrap()
+            .1;
+        assert_eq!(record.midstates[..2], first_record.midstates[..2]);
+    }
+}

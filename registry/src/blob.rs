@@ -64,7 +64,7 @@ impl BlobProgress {
     }
 
     fn digest(&self) -> Digest {
-        Digest::from_sha256(self.hasher.clone().finalize().into())
+        Digest::from_sha256(self.hasher.clone().finalize())
     }
 }
 

@@ -164,7 +164,7 @@ impl ContentStore {
     ) -> Result<(Digest, u64)> {
         // already stored (a rebuild's config and manifest): protect it, then look, so a
         // prune cannot remove it in between; no temp file, no fsync
-        let digest = Digest::from_sha256(Sha256::digest(bytes).into());
+        let digest = Digest::from_sha256(Sha256::digest(bytes));
         if expected.is_none_or(|expected| *expected == digest) {
             lease.protect_blob(&digest)?;
             if self.exists(&digest) {

@@ -95,7 +95,7 @@ pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
             None => diff_id.clone(),
             Some(previous) => {
                 let hash = Sha256::digest(format!("{previous} {diff_id}").as_bytes());
-                Digest::from_sha256(hash.into())
+                Digest::from_sha256(hash)
             }
         };
         chain.push(next);

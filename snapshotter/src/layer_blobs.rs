@@ -30,6 +30,11 @@ pub struct LayerBlobRecord {
     pub uncompressed_size: u64,
     #[serde(default)]
     pub created_unix: u64,
+    /// sha256 states saved every [`crate::archive::MIDSTATE_INTERVAL`] bytes of the
+    /// uncompressed tar, so a similar layer's diffID can resume past the prefix they share
+    /// (kept for uncompressed blobs, which are that tar).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub midstates: Vec<kiln_types::Sha256Midstate>,
 }
 
 /// The table key of a snapshot's variant; the `/` cannot occur in a snapshot id.
@@ -101,6 +106,52 @@ impl Store {
             }
             txn.put(Table::LayerBlobs, &key, &stored)
         })
+    }
+
+    /// The newest layer record of `variant` whose blob is stored and which has saved hash
+    /// states, among the other committed snapshots with the same parent as `snapshot`: the
+    /// earlier result of the same step, most likely, for
+    /// [`crate::archive::write_layer_from_upper_resuming`] to compare with. A wrong guess
+    /// costs only the comparison; nothing is taken from it that was not compared.
+    pub fn sibling_layer_blob(
+        &self,
+        snapshot: &SnapshotId,
+        variant: &str,
+    ) -> Result<Option<(SnapshotId, LayerBlobRecord)>> {
+        validate_variant(variant)?;
+        let suffix = format!("/{variant}");
+        let found = self.inner.metadata.read(|txn| {
+            let Some(this) = txn.get::<SnapshotRecord>(Table::Snapshots, snapshot.as_str())? else {
+                return Ok(None);
+            };
+            let mut best: Option<(SnapshotId, LayerBlobRecord)> = None;
+            for (key, record) in txn.list::<LayerBlobRecord>(Table::LayerBlobs)? {
+                if record.midstates.is_empty() || !key.ends_with(&suffix) {
+                    continue;
+                }
+                let Some(id) = layer_blob_snapshot(&key) else {
+                    continue;
+                };
+                if id == *snapshot {
+                    continue;
+                }
+                let Some(sibling) = txn.get::<SnapshotRecord>(Table::Snapshots, id.as_str())?
+                else {
+                    continue;
+                };
+                if sibling.kind != SnapshotKind::Committed || sibling.parent != this.parent {
+                    continue;
+                }
+                let newer = best
+                    .as_ref()
+                    .is_none_or(|(_, current)| record.created_unix >= current.created_unix);
+                if newer {
+                    best = Some((id, record));
+                }
+            }
+            Ok(best)
+        })?;
+        Ok(found.filter(|(_, record)| self.content().exists(&record.digest)))
     }
 
     /// Every recorded variant of `snapshot`, by variant name.

@@ -36,6 +36,7 @@ fn record_for(store: &Store, lease: &kiln_snapshotter::Lease, bytes: &[u8]) -> L
         diff_id: Digest::of_bytes(b"uncompressed"),
         uncompressed_size: 12,
         created_unix: 0,
+        midstates: Vec::new(),
     }
 }
 

@@ -49,7 +49,7 @@ impl Digest {
 
     /// The sha256 digest of some bytes.
     pub fn of_bytes(bytes: &[u8]) -> Self {
-        Self::from_sha256(Sha256::digest(bytes).into())
+        Self::from_sha256(Sha256::digest(bytes))
     }
 
     /// A digest from a raw 32-byte sha256 hash.
@@ -138,7 +138,7 @@ impl<W> Sha256Writer<W> {
     /// The digest and size of what was written, and the inner writer.
     pub fn finish(self) -> (Digest, u64, W) {
         (
-            Digest::from_sha256(self.hasher.finalize().into()),
+            Digest::from_sha256(self.hasher.finalize()),
             self.written,
             self.inner,
         )

@@ -14,7 +14,7 @@ pub use image::{
     Descriptor, HealthConfig, History, ImageConfig, ImageIndex, ImageManifest, ImageSpec, RootFs,
 };
 pub use platform::{Platform, PlatformError};
-pub use sha256::{PipelinedSha256Writer, Sha256, Sha256Midstate};
+pub use sha256::{CheckpointingSha256, PipelinedSha256Writer, Sha256, Sha256Midstate};
 
 /// Serializes a value as canonical JSON: object keys sorted, no insignificant whitespace.
 ///

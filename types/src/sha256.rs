@@ -16,7 +16,7 @@ pub struct Sha256 {
 
 /// The state of a [`Sha256`] after a whole number of 64-byte blocks: enough to go on hashing
 /// a stream from that point without its first `length` bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Sha256Midstate {
     /// The eight working words after the blocks hashed so far.
     pub words: [u32; 8],
@@ -74,7 +74,7 @@ impl Sha256 {
     /// had been given to [`update`](Self::update). `None` if `state.length` is not a multiple
     /// of 64 (no [`midstate`](Self::midstate) gives that).
     pub fn resume(state: &Sha256Midstate) -> Option<Self> {
-        if state.length % 64 != 0 {
+        if !state.length.is_multiple_of(64) {
             return None;
         }
         let mut hasher = Sha256::new();
@@ -101,14 +101,63 @@ impl std::fmt::Debug for Sha256 {
 /// A writer that passes everything to `inner` and hashes it on a thread of its own, so that
 /// hashing a large stream (a layer's tar: its diffID) overlaps with producing and writing it
 /// instead of adding to it. Bytes are handed over in chunks of [`Self::CHUNK`].
+///
+/// It can also start from a saved state ([`resuming`](Self::resuming)) and save the state
+/// every `interval` bytes of the stream on the way, for a later stream that shares a prefix.
 pub struct PipelinedSha256Writer<W> {
     inner: W,
     pending: Vec<u8>,
     sender: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
-    hasher: Option<std::thread::JoinHandle<[u8; 32]>>,
+    hasher: Option<std::thread::JoinHandle<Hashed>>,
     /// Used instead when no thread could be started.
-    inline: Option<Sha256>,
+    inline: Option<Hashed>,
     written: u64,
+}
+
+/// A sha256 that saves its state each time the stream's length reaches a multiple of an
+/// interval (a positive multiple of 64; none saves nothing).
+#[derive(Debug, Clone)]
+pub struct CheckpointingSha256 {
+    hasher: Sha256,
+    interval: Option<u64>,
+    midstates: Vec<Sha256Midstate>,
+}
+
+/// The hashing side of [`PipelinedSha256Writer`].
+type Hashed = CheckpointingSha256;
+
+impl CheckpointingSha256 {
+    /// Goes on from `hasher` (fresh or [resumed](Sha256::resume)); lengths count from the
+    /// start of the stream `hasher` began.
+    pub fn new(hasher: Sha256, interval: Option<u64>) -> Self {
+        CheckpointingSha256 {
+            hasher,
+            interval: interval.filter(|interval| *interval > 0 && interval % 64 == 0),
+            midstates: Vec::new(),
+        }
+    }
+
+    pub fn update(&mut self, mut bytes: &[u8]) {
+        let Some(interval) = self.interval else {
+            self.hasher.update(bytes);
+            return;
+        };
+        while !bytes.is_empty() {
+            let to_boundary = interval - self.hasher.length() % interval;
+            let take = usize::try_from(to_boundary).map_or(bytes.len(), |to| to.min(bytes.len()));
+            self.hasher.update(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.hasher.length().is_multiple_of(interval) {
+                // the interval is a multiple of the block size, so this is a block boundary
+                self.midstates.extend(self.hasher.midstate());
+            }
+        }
+    }
+
+    /// The hash, and the states saved since [`new`](Self::new), in stream order.
+    pub fn finish(self) -> ([u8; 32], Vec<Sha256Midstate>) {
+        (self.hasher.finalize(), self.midstates)
+    }
 }
 
 impl<W> PipelinedSha256Writer<W> {
@@ -116,16 +165,26 @@ impl<W> PipelinedSha256Writer<W> {
     pub const CHUNK: usize = 1 << 20;
 
     pub fn new(inner: W) -> Self {
+        Self::resuming(inner, Sha256::new(), None)
+    }
+
+    /// A writer whose hash goes on from `hasher` (a fresh one, or one [resumed](Sha256::resume)
+    /// from a saved state), saving its state each time the stream's length (counted from the
+    /// state's start) reaches a multiple of `interval`, which must be a positive multiple of
+    /// 64. The states are returned by [`finish_with_midstates`](Self::finish_with_midstates).
+    pub fn resuming(inner: W, hasher: Sha256, interval: Option<u64>) -> Self {
+        let hashed = Hashed::new(hasher, interval);
         // a few chunks in flight: enough to keep the hasher busy, bounded memory
         let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let thread_hashed = hashed.clone();
         let hasher = std::thread::Builder::new()
             .name("kiln-sha256".into())
             .spawn(move || {
-                let mut hasher = Sha256::new();
+                let mut hashed = thread_hashed;
                 for chunk in receiver {
-                    hasher.update(&chunk);
+                    hashed.update(&chunk);
                 }
-                hasher.finalize()
+                hashed
             });
         match hasher {
             Ok(handle) => PipelinedSha256Writer {
@@ -142,7 +201,7 @@ impl<W> PipelinedSha256Writer<W> {
                 pending: Vec::new(),
                 sender: None,
                 hasher: None,
-                inline: Some(Sha256::new()),
+                inline: Some(hashed),
                 written: 0,
             },
         }
@@ -157,20 +216,46 @@ impl<W> PipelinedSha256Writer<W> {
         }
     }
 
+    /// Hashes `bytes` as part of the stream without writing them to the inner writer (a
+    /// prefix the inner writer already has).
+    pub fn hash_only(&mut self, bytes: &[u8]) {
+        if let Some(inline) = &mut self.inline {
+            inline.update(bytes);
+            return;
+        }
+        self.pending.extend_from_slice(bytes);
+        if self.pending.len() >= Self::CHUNK {
+            self.send_pending();
+        }
+    }
+
     /// The sha256 and size of everything written, and the inner writer.
-    pub fn finish(mut self) -> (crate::Digest, u64, W) {
+    pub fn finish(self) -> (crate::Digest, u64, W) {
+        let (digest, written, inner, _) = self.finish_with_midstates();
+        (digest, written, inner)
+    }
+
+    /// [`finish`](Self::finish), with the states saved every `interval` bytes (in stream
+    /// order). The size counts the bytes written through this writer, not those hashed only.
+    pub fn finish_with_midstates(mut self) -> (crate::Digest, u64, W, Vec<Sha256Midstate>) {
         self.send_pending();
         self.sender = None;
-        let hash = match (self.hasher.take(), self.inline.take()) {
+        let hashed = match (self.hasher.take(), self.inline.take()) {
             (Some(handle), _) => match handle.join() {
-                Ok(hash) => hash,
+                Ok(hashed) => hashed,
                 // the hashing thread only hashes: it cannot fail but by a panic
                 Err(panic) => std::panic::resume_unwind(panic),
             },
-            (None, Some(inline)) => inline.finalize(),
-            (None, None) => Sha256::new().finalize(),
+            (None, Some(inline)) => inline,
+            (None, None) => Hashed::new(Sha256::new(), None),
         };
-        (crate::Digest::from_sha256(hash), self.written, self.inner)
+        let (hash, midstates) = hashed.finish();
+        (
+            crate::Digest::from_sha256(hash),
+            self.written,
+            self.inner,
+            midstates,
+        )
     }
 }
 
@@ -232,6 +317,49 @@ mod tests {
             length: 6401,
         };
         assert!(Sha256::resume(&odd).is_none());
+    }
+
+    #[test]
+    fn pipelined_writer_saves_and_resumes_midstates() {
+        use std::io::Write as _;
+        let data: Vec<u8> = (0..(5 * super::PipelinedSha256Writer::<Vec<u8>>::CHUNK + 999))
+            .map(|index| (index % 241) as u8)
+            .collect();
+        let interval = 1 << 20;
+        let mut writer =
+            super::PipelinedSha256Writer::resuming(Vec::new(), Sha256::new(), Some(interval));
+        for piece in data.chunks(300_001) {
+            writer.write_all(piece).unwrap();
+        }
+        let (digest, _, _, midstates) = writer.finish_with_midstates();
+        assert_eq!(digest, crate::Digest::of_bytes(&data));
+        let lengths: Vec<u64> = midstates.iter().map(|state| state.length).collect();
+        assert_eq!(lengths, [1 << 20, 2 << 20, 3 << 20, 4 << 20, 5 << 20]);
+        // resume from the third: the prefix is hashed only, the rest written
+        let state = midstates[2];
+        let start = state.length as usize;
+        let mut resumed = super::PipelinedSha256Writer::resuming(
+            Vec::new(),
+            Sha256::resume(&state).unwrap(),
+            Some(interval),
+        );
+        resumed.write_all(&data[start..start + 10]).unwrap();
+        let (digest, written, inner, later) = {
+            resumed.write_all(&data[start + 10..]).unwrap();
+            resumed.finish_with_midstates()
+        };
+        assert_eq!(digest, crate::Digest::of_bytes(&data));
+        assert_eq!(written as usize, data.len() - start);
+        assert_eq!(inner, &data[start..]);
+        assert_eq!(later, midstates[3..]);
+        // hash_only: hashed, not written
+        let mut partial = super::PipelinedSha256Writer::new(Vec::new());
+        partial.hash_only(&data[..1000]);
+        partial.write_all(&data[1000..]).unwrap();
+        let (digest, written, inner) = partial.finish();
+        assert_eq!(digest, crate::Digest::of_bytes(&data));
+        assert_eq!(written as usize, data.len() - 1000);
+        assert_eq!(inner.len(), data.len() - 1000);
     }
 
     #[test]

@@ -282,7 +282,7 @@ fn input_path(
             path
         }
     };
-    Ok(resolve_inside(&base, selector)?)
+    resolve_inside(&base, selector)
 }
 
 /// Resolves `path` inside `root`, following symlinks only within it (as a chroot would).

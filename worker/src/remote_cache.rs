@@ -292,6 +292,7 @@ fn record_variant(worker: &BuildWorker, snapshot: &SnapshotId, layer: &RemoteLay
         diff_id: layer.diff_id.clone(),
         uncompressed_size,
         created_unix: 0,
+        midstates: Vec::new(),
     };
     let _ = worker.store.put_layer_blob(snapshot, variant, &record);
 }

@@ -141,7 +141,7 @@ impl<R: Read> HashingReader<R> {
     /// The digest and size of everything read, and the inner reader.
     pub(crate) fn finish(self) -> (Digest, u64, R) {
         (
-            Digest::from_sha256(self.hasher.finalize().into()),
+            Digest::from_sha256(self.hasher.finalize()),
             self.count,
             self.inner,
         )

@@ -104,13 +104,25 @@ pub(crate) fn write_entries<W: Write>(
     options: &DiffOptions,
     mode: WalkMode,
 ) -> Result<(Counts, W), ArchiveError> {
+    write_entries_buffered(dir, writer, options, mode, OUTPUT_BUFFER)
+}
+
+/// [`write_entries`] with an output buffer of `buffer` bytes (0 for a writer that gathers
+/// small writes itself, saving a copy of every byte).
+pub(crate) fn write_entries_buffered<W: Write>(
+    dir: &Path,
+    writer: W,
+    options: &DiffOptions,
+    mode: WalkMode,
+    buffer: usize,
+) -> Result<(Counts, W), ArchiveError> {
     let root = rustix::fs::open(
         dir,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
     .map_err(|errno| filesystem("opening", dir.as_os_str().as_encoded_bytes(), errno))?;
-    let out = BufWriter::with_capacity(OUTPUT_BUFFER, writer);
+    let out = BufWriter::with_capacity(buffer, writer);
     let mut walker = Walker {
         tar: TarWriter::new(out),
         mode,

@@ -16,6 +16,7 @@ mod apply;
 mod compression;
 mod diff;
 mod path;
+mod resume;
 mod root;
 mod tar_reader;
 mod tar_writer;
@@ -29,6 +30,9 @@ pub use compression::{
 };
 pub use diff::{write_layer_from_upper, write_tree, DiffOptions, DiffStats};
 pub use kiln_types::media_type::Compression;
+pub use resume::{
+    write_layer_from_upper_resuming, LayerReference, ResumedLayer, MIDSTATE_INTERVAL,
+};
 
 /// The prefix of an OCI/AUFS whiteout file name (`.wh.NAME` deletes `NAME`).
 pub const WHITEOUT_PREFIX: &str = ".wh.";
