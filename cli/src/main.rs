@@ -81,6 +81,7 @@ fn main() -> ExitCode {
         Command::Load(args) => commands::load::run(args),
     };
     match result {
+        Ok(code) if code == ExitCode::SUCCESS => exit_success(),
         Ok(code) => code,
         Err(error) => {
             #[allow(clippy::print_stderr)]
@@ -90,4 +91,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Ends a successful command without the C runtime's exit handlers. Everything kiln owns was
+/// dropped when the command returned (store, leases, mounts, sandboxes); what is left are the
+/// allocators' exit-time cleanups, which only free memory the kernel is about to take back:
+/// mimalloc's `mi_collect` decommits every arena (~3 ms of a 60 ms no-change rebuild) and
+/// OpenSSL frees its tables. Standard output and error are flushed first.
+fn exit_success() -> ! {
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: `_exit` ends the process at once; nothing runs after it that could observe
+    // state it skips (other threads are ended with the process, as by `exit`).
+    unsafe { libc::_exit(0) }
 }

@@ -510,8 +510,24 @@ impl PatternMatcher {
     /// path's directory (or the default value for a path at the root, or when unknown). Returns
     /// whether the path matches and the info to hand to its children.
     pub fn matches_with_parent(&self, path: &str, parent: &MatchInfo) -> (bool, MatchInfo) {
-        let path = normalize_relative(path);
         let known = parent.parent_matched.len() == self.patterns.len();
+        // Below a directory every pattern matched, every pattern matches (its parent does),
+        // whatever the name: the walk of a context under an included directory takes this way
+        // for every entry, with no path to clean or pattern to run. A clean path other than
+        // `.` and `/` never normalizes to `.`, the one path that matches nothing.
+        if known
+            && !self.patterns.is_empty()
+            && parent.parent_matched.iter().all(|matched| *matched)
+            && !matches!(path, "" | "." | "/")
+            && is_clean(path)
+        {
+            let matched = self
+                .patterns
+                .last()
+                .is_some_and(|pattern| !pattern.exclusion);
+            return (matched, parent.clone());
+        }
+        let path = normalize_relative(path);
         let mut info = MatchInfo {
             parent_matched: Vec::with_capacity(self.patterns.len()),
         };

@@ -414,8 +414,10 @@ fn walk(
             self.metadata.is_dir() && self.decision.descend
         }
     }
-    let mut children = Vec::new();
-    for (name, file_type, dir_entry) in read_sorted_entries(absolute)? {
+    let listed = read_sorted_entries(absolute)?;
+    // sized once: a child is a few hundred bytes, and growing moved them again and again
+    let mut children = Vec::with_capacity(listed.len());
+    for (name, file_type, dir_entry) in listed {
         let name_text = name.to_string_lossy();
         let context_rel = join_relative(context_dir, &name_text);
         let rel = rel_dir.join(&name);
@@ -465,7 +467,7 @@ fn walk(
         } else {
             children.iter().map(walk_child).collect()
         };
-    let mut current: Vec<Entry> = Vec::new();
+    let mut current: Vec<Entry> = Vec::with_capacity(children.len());
     for (child, below) in children.into_iter().zip(subtrees) {
         let below = below?;
         if child.metadata.is_dir() {
