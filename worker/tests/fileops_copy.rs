@@ -969,3 +969,45 @@ fn copy_into_an_overlay_mount_lands_in_the_upper_dir() {
                 .is_symlink()
     );
 }
+
+/// Every mode arrives exactly, whether the file can be created with it directly (no set-id
+/// bit, nothing the umask takes) or needs the chmod after the chown: group- and world-writable
+/// modes, set-id bits (kept through a chown to another user), no permissions at all.
+#[test]
+fn file_modes_arrive_exactly_whichever_way_they_are_set() {
+    let area = area(
+        "f plain 644 p\nf open 666 o\nf shared 775 s\nf suid 4755 u\nf sgid 2711 g\nf sticky 1644 t\nf none 000 n\nf private 600 v",
+        "",
+    );
+    let source = SourceRoot::build_context(&area.source, &[], &[]).unwrap();
+    for (dest, owner) in [("/root-owned/", None), ("/user-owned/", Some(1234))] {
+        let action = copy_with(".", dest, |a| {
+            a.owner = owner.map(|id| Chown {
+                user: Some(UserOrId::Id(id)),
+                group: Some(UserOrId::Id(id)),
+            })
+        });
+        apply_action(
+            &action,
+            &area.dest,
+            &[source.clone()],
+            &FileOpOptions::default(),
+        )
+        .unwrap();
+        for (name, mode) in [
+            ("plain", 0o644),
+            ("open", 0o666),
+            ("shared", 0o775),
+            ("suid", 0o4755),
+            ("sgid", 0o2711),
+            ("sticky", 0o1644),
+            ("none", 0o000),
+            ("private", 0o600),
+        ] {
+            let path = area.dest.join(dest.trim_matches('/')).join(name);
+            let metadata = std::fs::symlink_metadata(&path).unwrap();
+            assert_eq!(metadata.mode() & 0o7777, mode, "{}", path.display());
+            assert_eq!(metadata.uid(), owner.unwrap_or(0), "{}", path.display());
+        }
+    }
+}

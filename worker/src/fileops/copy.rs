@@ -476,10 +476,15 @@ fn copy_regular_file(
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(source_path)?;
+    let mode = target_mode(context, &entry.metadata);
+    // Created with its final mode when the umask leaves it whole and the later chown cannot
+    // clear a set-id bit: one syscall less per file (through the overlay, 20,000 of them in
+    // a large COPY). Otherwise created private and chmod'ed after the chown, as fsutil does.
+    let direct = mode & 0o7000 == 0 && mode & process_umask() == 0;
     let destination = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(if direct { mode } else { 0o600 })
         .custom_flags(libc::O_NOFOLLOW)
         .open(target)?;
     let size = entry.metadata.len();
@@ -487,12 +492,19 @@ fn copy_regular_file(
         copy_content(context, &source, &destination, size)?;
     }
     fchown(&destination, target_owner(context, &entry.metadata))?;
-    rustix::fs::fchmod(
-        &destination,
-        Mode::from_raw_mode(target_mode(context, &entry.metadata)),
-    )?;
-    // xattrs of the source file (opened above, so no path lookup races).
-    if let Ok(attributes) = read_xattrs(source_path) {
+    if !direct {
+        rustix::fs::fchmod(&destination, Mode::from_raw_mode(mode))?;
+    }
+    // xattrs of the source file: listed through its descriptor first (most files have none,
+    // and that needs no path lookup), read by path only when there are some.
+    let mut listed = [0u8; 256];
+    let has_xattrs = !matches!(rustix::fs::flistxattr(&source, &mut listed[..]), Ok(0));
+    let attributes = if has_xattrs {
+        read_xattrs(source_path)
+    } else {
+        Ok(Vec::new())
+    };
+    if let Ok(attributes) = attributes {
         for (name, value) in attributes {
             if let Ok(name) = std::str::from_utf8(&name) {
                 let _ignored = rustix::fs::fsetxattr(
@@ -513,6 +525,23 @@ fn copy_regular_file(
         },
     )?;
     Ok(())
+}
+
+/// This process's umask, read once from `/proc/self/status` (asking with `umask(2)` would
+/// set it, racing with other threads creating files); the most restrictive one if unknown.
+fn process_umask() -> u32 {
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                status.lines().find_map(|line| {
+                    let value = line.strip_prefix("Umask:")?;
+                    u32::from_str_radix(value.trim(), 8).ok()
+                })
+            })
+            .unwrap_or(0o777)
+    })
 }
 
 /// Reflink when the filesystem can, else `copy_file_range` (same filesystem only), else
