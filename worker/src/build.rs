@@ -91,7 +91,13 @@ pub struct BuildWorker {
     pub(crate) remote_cache: Option<Arc<RemoteCache>>,
     /// Files behind content checksums, by (op digest, input index), when recorded.
     listings: Mutex<HashMap<(Digest, usize), Vec<checksum::ListedEntry>>>,
+    /// Told of each snapshot a RUN or file op commits, with the op's digest.
+    commit_observer: Option<CommitObserver>,
 }
+
+/// Called with (op digest, snapshot) when an op has committed its result; must return at
+/// once (start any work on a thread of its own).
+pub type CommitObserver = Arc<dyn Fn(&Digest, &SnapshotId) + Send + Sync>;
 
 impl BuildWorker {
     pub fn new(
@@ -120,7 +126,22 @@ impl BuildWorker {
             cache_mount_locks: Mutex::new(HashMap::new()),
             remote_cache: None,
             listings: Mutex::new(HashMap::new()),
+            commit_observer: None,
         })
+    }
+
+    /// Has `observer` told of each snapshot a RUN or file op commits (the build command
+    /// starts exporting the image's layers while later steps run).
+    pub fn with_commit_observer(mut self, observer: CommitObserver) -> Self {
+        self.commit_observer = Some(observer);
+        self
+    }
+
+    fn committed(&self, op: &WorkerOp, value: &Value) {
+        if let (Some(observer), Value::Snapshot { top: Some(id) }) = (&self.commit_observer, value)
+        {
+            observer(&op.vertex.digest, id);
+        }
     }
 
     /// Uses records imported from a build cache elsewhere when the store has none.
@@ -527,6 +548,7 @@ impl Worker for BuildWorker {
             .into()),
             OpKind::File(file) => {
                 let value = tokio::task::block_in_place(|| self.file_op(file, &inputs))?;
+                self.committed(op, &value);
                 Ok(vec![value])
             }
             OpKind::Merge(_) => {
@@ -535,6 +557,7 @@ impl Worker for BuildWorker {
             }
             OpKind::Exec(exec) => {
                 let value = crate::exec::run(self, exec, &inputs, &context).await?;
+                self.committed(op, &value);
                 Ok(vec![value])
             }
         }

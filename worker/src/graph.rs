@@ -94,3 +94,35 @@ pub fn build_graph(
 fn default_name(kind: &OpKind) -> String {
     kind.name().to_string()
 }
+
+/// The ops whose results are the target's root filesystem layers: from `target` down its
+/// root filesystem input (an exec's `/` mount, a file op's base) until an op that is neither.
+/// Their snapshots are the image's new layers, so the build command can export them early.
+pub fn rootfs_chain(
+    definition: &dag::Definition,
+    target: &Digest,
+) -> std::collections::HashSet<Digest> {
+    let mut chain = std::collections::HashSet::new();
+    let mut current = Some(target.clone());
+    while let Some(digest) = current.take() {
+        let Some(vertex) = definition.get(&digest) else {
+            break;
+        };
+        let rootfs = match &vertex.op.kind {
+            dag::OpKind::Exec(exec) => exec
+                .mounts
+                .iter()
+                .find(|mount| mount.dest == "/")
+                .and_then(|mount| mount.input),
+            dag::OpKind::File(file) => file.base,
+            _ => break,
+        };
+        if !chain.insert(digest) {
+            break;
+        }
+        current = rootfs
+            .and_then(|index| vertex.op.inputs.get(index as usize))
+            .map(|input| input.digest.clone());
+    }
+    chain
+}

@@ -115,7 +115,13 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         client: client.clone(),
     });
     let sources = ImageSources::new(provider, args.pull);
-    let worker = BuildWorker::new(store.clone(), Arc::new(sandbox), sources, settings)?;
+    let eager = EagerLayers::new(
+        &store,
+        kiln_worker::graph::rootfs_chain(&converted.definition, &converted.target.digest),
+        stored_export.layer_options(false, converted.source_date_epoch),
+    )?;
+    let worker = BuildWorker::new(store.clone(), Arc::new(sandbox), sources, settings)?
+        .with_commit_observer(eager.observer());
     let worker = Arc::new(crate::build_cache::import_caches(worker, &args, &client).await?);
 
     let explain_key = ExplainLog::key(&args.context, &dockerfile_name);
@@ -240,6 +246,7 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         write_stderr(&format!("warning: {warning}\n"));
     }
     let plan = tokio::task::block_in_place(|| {
+        eager.wait();
         super::build_output::ImagePlan::new(worker.store(), &converted, top.as_ref())
     })?;
     let built = tokio::task::block_in_place(|| {
@@ -360,4 +367,81 @@ fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
             .any(|entitlement| entitlement == "security.insecure"),
         record_listings: args.explain_cache,
     })
+}
+
+/// The image's new layers exported while the build goes on: each snapshot an op on the
+/// target's root filesystem chain commits is exported (as the stored image will be) on a
+/// thread of its own, so a large COPY's layer is written and hashed while the RUN steps
+/// after it run. The final export finds each such layer recorded and reuses it; a failed
+/// early export is only lost time (the final one does it again and reports the error).
+struct EagerLayers {
+    state: Arc<EagerState>,
+}
+
+struct EagerState {
+    store: Store,
+    /// Protects what the early exports write until the final export has taken it.
+    lease: kiln_snapshotter::Lease,
+    chain: std::collections::HashSet<kiln_types::Digest>,
+    options: kiln_exporter::LayerOptions,
+    running: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl EagerLayers {
+    fn new(
+        store: &Store,
+        chain: std::collections::HashSet<kiln_types::Digest>,
+        options: kiln_exporter::LayerOptions,
+    ) -> anyhow::Result<Self> {
+        let lease = store
+            .lease("build-layers")
+            .context("taking a lease for the build's layers")?;
+        Ok(EagerLayers {
+            state: Arc::new(EagerState {
+                store: store.clone(),
+                lease,
+                chain,
+                options,
+                running: std::sync::Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    fn observer(&self) -> kiln_worker::build::CommitObserver {
+        let state = self.state.clone();
+        Arc::new(move |op, snapshot| {
+            if !state.chain.contains(op) {
+                return;
+            }
+            let job = state.clone();
+            let snapshot = snapshot.clone();
+            let spawned = std::thread::Builder::new()
+                .name("kiln-layer".into())
+                .spawn(move || {
+                    let exporter = kiln_exporter::LayerExporter::new(&job.store);
+                    let _ = exporter.layer_for_snapshot(&job.lease, &snapshot, &job.options);
+                });
+            if let Ok(handle) = spawned {
+                state
+                    .running
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .push(handle);
+            }
+        })
+    }
+
+    /// Waits for the early exports started so far.
+    fn wait(&self) {
+        let running = std::mem::take(
+            &mut *self
+                .state
+                .running
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for handle in running {
+            let _ = handle.join();
+        }
+    }
 }
