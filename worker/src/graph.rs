@@ -126,3 +126,37 @@ pub fn rootfs_chain(
     }
     chain
 }
+
+#[cfg(test)]
+mod rootfs_chain_tests {
+    use kiln_frontend::convert::{convert, ConvertOptions};
+    use kiln_frontend::dag::OpKind;
+    use kiln_frontend::resolver::OfflineResolver;
+
+    /// The chain of a two-stage build holds the final stage's COPY --from and RUN (the
+    /// image's new layers) and nothing of the builder stage, nor the context or the base.
+    #[test]
+    fn the_chain_is_the_final_stages_layer_steps() {
+        let dockerfile = "FROM scratch AS builder\nCOPY a /a\nRUN make\n\
+                          FROM scratch\nCOPY --from=builder /a /b\nRUN check\nRUN again\n";
+        let resolver = OfflineResolver;
+        let converted = convert(dockerfile, "Dockerfile", &ConvertOptions::new(&resolver)).unwrap();
+        let chain = super::rootfs_chain(&converted.definition, &converted.target.digest);
+        let mut runs = Vec::new();
+        let mut files = 0;
+        for vertex in converted.definition.vertices() {
+            if !chain.contains(&vertex.digest) {
+                continue;
+            }
+            match &vertex.op.kind {
+                OpKind::Exec(exec) => runs.push(exec.args.join(" ")),
+                OpKind::File(_) => files += 1,
+                other => panic!("{other:?} in the chain"),
+            }
+        }
+        runs.sort();
+        assert_eq!(runs, ["/bin/sh -c again", "/bin/sh -c check"]);
+        assert_eq!(files, 1, "the final stage's COPY --from only");
+        assert_eq!(chain.len(), 3);
+    }
+}
