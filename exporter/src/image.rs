@@ -75,6 +75,17 @@ pub fn build_image(
     }
 
     let exporter = LayerExporter::new(store);
+    // The layers and the blobs they were exported to before, protected in one write (each
+    // is protected again below, which is then free): a cached rebuild of many steps wrote
+    // the lease record once per layer and once per blob.
+    let variant = options.variant();
+    let mut known_blobs = Vec::new();
+    for snapshot in layers {
+        if let Some(found) = store.layer_blob(snapshot, &variant)? {
+            known_blobs.push(found.digest);
+        }
+    }
+    lease.protect_many(layers, &known_blobs)?;
     let mut new_layers = Vec::with_capacity(layers.len());
     for snapshot in layers {
         new_layers.push(exporter.layer_for_snapshot(lease, snapshot, options)?);

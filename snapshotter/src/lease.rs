@@ -41,6 +41,10 @@ impl LeaseRecord {
 pub struct Lease {
     pub(crate) inner: Arc<StoreInner>,
     pub(crate) id: String,
+    /// What this process has already added to the record (`b:`, `s:`, `c:` + id): adding it
+    /// again is a no-op, so it writes nothing. A cached rebuild protects the same snapshots
+    /// and blobs many times; each write rewrote the whole record.
+    added: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -63,7 +67,11 @@ impl Lease {
         inner
             .metadata
             .write_volatile(|txn| txn.put(Table::Leases, &id, &record))?;
-        Ok(Lease { inner, id })
+        Ok(Lease {
+            inner,
+            id,
+            added: std::sync::Mutex::new(std::collections::HashSet::new()),
+        })
     }
 
     /// The lease's id (its key in the `leases` table).
@@ -73,30 +81,74 @@ impl Lease {
 
     /// Protects a blob (present or about to be written).
     pub fn protect_blob(&self, digest: &Digest) -> Result<()> {
-        self.inner.metadata.write_volatile(|txn| {
-            add_to_lease(txn, &self.id, |record| {
-                record.blobs.insert(digest.clone());
-            })
+        self.add_once(format!("b:{digest}"), |record| {
+            record.blobs.insert(digest.clone());
         })
     }
 
     /// Protects a snapshot and, through it, its parents.
     pub fn protect_snapshot(&self, id: &SnapshotId) -> Result<()> {
-        self.inner.metadata.write_volatile(|txn| {
-            add_to_lease(txn, &self.id, |record| {
-                record.snapshots.insert(id.clone());
-            })
+        self.add_once(format!("s:{id}"), |record| {
+            record.snapshots.insert(id.clone());
         })
+    }
+
+    /// Adds an item to the record unless this process already has (the record only grows
+    /// while the lease lives, so what was committed once stays).
+    fn add_once(&self, item: String, change: impl FnOnce(&mut LeaseRecord)) -> Result<()> {
+        let lock = || {
+            self.added
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        };
+        if lock().contains(&item) {
+            return Ok(());
+        }
+        self.inner
+            .metadata
+            .write_volatile(|txn| add_to_lease(txn, &self.id, change))?;
+        lock().insert(item);
+        Ok(())
     }
 
     /// Protects a cache mount directory.
     pub fn protect_cache_mount(&self, id: &str) -> Result<()> {
         validate_cache_mount_id(id)?;
+        self.add_once(format!("c:{id}"), |record| {
+            record.cache_mounts.insert(id.to_string());
+        })
+    }
+
+    /// [`protect_snapshot`](Self::protect_snapshot) and [`protect_blob`](Self::protect_blob)
+    /// for many at once, in one write: an image's layers are protected together rather than
+    /// rewriting the record once per layer and blob.
+    pub fn protect_many(&self, snapshots: &[SnapshotId], blobs: &[Digest]) -> Result<()> {
+        let items: Vec<String> = {
+            let added = self
+                .added
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            snapshots
+                .iter()
+                .map(|id| format!("s:{id}"))
+                .chain(blobs.iter().map(|digest| format!("b:{digest}")))
+                .filter(|item| !added.contains(item))
+                .collect()
+        };
+        if items.is_empty() {
+            return Ok(());
+        }
         self.inner.metadata.write_volatile(|txn| {
             add_to_lease(txn, &self.id, |record| {
-                record.cache_mounts.insert(id.to_string());
+                record.snapshots.extend(snapshots.iter().cloned());
+                record.blobs.extend(blobs.iter().cloned());
             })
-        })
+        })?;
+        self.added
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .extend(items);
+        Ok(())
     }
 
     /// Releases the lease now, reporting a failure (drop releases too, silently).

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode, OptionalExtension};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -76,7 +76,10 @@ pub(crate) const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(120);
 /// The database of one store handle.
 pub(crate) struct Metadata {
     db_path: PathBuf,
-    connection: Mutex<Connection>,
+    /// The connection, and whether its `synchronous` is `FULL` now (each volatile write
+    /// switched it to `NORMAL` and back, two statements parsed and run per write; now it is
+    /// switched only when the next write needs the other mode).
+    connection: Mutex<(Connection, bool)>,
     busy_timeout: Duration,
 }
 
@@ -105,6 +108,8 @@ impl Metadata {
         let unreadable = |error: rusqlite::Error| classify(&db_path, busy_timeout, error, true);
         let connection = Connection::open(&db_path).map_err(unreadable)?;
         connection.busy_timeout(busy_timeout).map_err(unreadable)?;
+        // every table's statements, and BEGIN/COMMIT, stay prepared
+        connection.set_prepared_statement_cache_capacity(96);
         // WAL: readers never wait for the writer; FULL: a commit is on disk when it returns
         // (kill -9 or power loss leave the last committed state, never half of one).
         let mode: String = connection
@@ -130,7 +135,7 @@ impl Metadata {
             .map_err(unreadable)?;
         let metadata = Metadata {
             db_path,
-            connection: Mutex::new(connection),
+            connection: Mutex::new((connection, true)),
             busy_timeout,
         };
         if metadata.is_current()? {
@@ -176,10 +181,11 @@ impl Metadata {
 
     /// Whether every table exists and the schema version is this kiln's.
     fn is_current(&self) -> Result<bool> {
-        let connection = self
+        let guard = self
             .connection
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let connection = &guard.0;
         let unreadable =
             |error: rusqlite::Error| classify(&self.db_path, self.busy_timeout, error, true);
         let tables: i64 = connection
@@ -199,7 +205,7 @@ impl Metadata {
         if tables != Table::ALL.len() as i64 {
             return Ok(false);
         }
-        drop(connection);
+        drop(guard);
         let version = self.read(|txn| txn.get::<u32>(Table::Info, "schema_version"))?;
         Ok(version == Some(SCHEMA_VERSION))
     }
@@ -207,15 +213,15 @@ impl Metadata {
     /// Runs `operation` in a read transaction: a consistent snapshot of committed records,
     /// which never waits for writers.
     pub(crate) fn read<T>(&self, operation: impl FnOnce(&ReadTxn<'_>) -> Result<T>) -> Result<T> {
-        let mut connection = self
+        let guard = self
             .connection
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let txn = connection
-            .transaction_with_behavior(TransactionBehavior::Deferred)
+        let connection = &guard.0;
+        let txn = Txn::begin(connection, false)
             .map_err(|e| classify(&self.db_path, self.busy_timeout, e, false))?;
         let value = operation(&ReadTxn {
-            txn: &txn,
+            txn: connection,
             path: &self.db_path,
         })?;
         txn.commit()
@@ -232,7 +238,7 @@ impl Metadata {
         &self,
         operation: impl FnOnce(&mut WriteTxn<'_>) -> Result<T>,
     ) -> Result<T> {
-        let mut connection = self
+        let mut guard = self
             .connection
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -241,17 +247,25 @@ impl Metadata {
         // database before the log is reused). With OFF, an automatic checkpoint run by this
         // commit could let the log be reused unsynced, and a power loss could then take
         // records committed durably before.
-        connection
-            .execute_batch("PRAGMA synchronous = NORMAL;")
-            .map_err(|e| classify(&self.db_path, self.busy_timeout, e, false))?;
-        let result =
-            Self::write_locked(&mut connection, &self.db_path, self.busy_timeout, operation);
-        let restored = connection
-            .execute_batch("PRAGMA synchronous = FULL;")
-            .map_err(|e| classify(&self.db_path, self.busy_timeout, e, false));
-        let value = result?;
-        restored?;
-        Ok(value)
+        self.set_full_sync(&mut guard, false)?;
+        Self::write_locked(&mut guard.0, &self.db_path, self.busy_timeout, operation)
+    }
+
+    /// Sets the connection's `synchronous` to `FULL` (or `NORMAL`) unless it is already.
+    fn set_full_sync(&self, guard: &mut (Connection, bool), full: bool) -> Result<()> {
+        if guard.1 != full {
+            let statement = if full {
+                "PRAGMA synchronous = FULL;"
+            } else {
+                "PRAGMA synchronous = NORMAL;"
+            };
+            guard
+                .0
+                .execute_batch(statement)
+                .map_err(|e| classify(&self.db_path, self.busy_timeout, e, false))?;
+            guard.1 = full;
+        }
+        Ok(())
     }
 
     /// Runs `operation` in a write transaction and commits it durably if it succeeds. The
@@ -261,11 +275,12 @@ impl Metadata {
         &self,
         operation: impl FnOnce(&mut WriteTxn<'_>) -> Result<T>,
     ) -> Result<T> {
-        let mut connection = self
+        let mut guard = self
             .connection
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        Self::write_locked(&mut connection, &self.db_path, self.busy_timeout, operation)
+        self.set_full_sync(&mut guard, true)?;
+        Self::write_locked(&mut guard.0, &self.db_path, self.busy_timeout, operation)
     }
 
     fn write_locked<T>(
@@ -274,17 +289,53 @@ impl Metadata {
         busy_timeout: Duration,
         operation: impl FnOnce(&mut WriteTxn<'_>) -> Result<T>,
     ) -> Result<T> {
-        let txn = connection
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| classify(db_path, busy_timeout, e, false))?;
+        let txn =
+            Txn::begin(connection, true).map_err(|e| classify(db_path, busy_timeout, e, false))?;
         let mut write = WriteTxn {
-            txn: &txn,
+            txn: connection,
             path: db_path,
         };
         let value = operation(&mut write)?;
         txn.commit()
             .map_err(|e| classify(db_path, busy_timeout, e, false))?;
         Ok(value)
+    }
+}
+
+/// A transaction begun and committed with cached statements: rusqlite's `Transaction` parses
+/// `BEGIN` and `COMMIT` anew each time, and a cached rebuild runs a few hundred transactions.
+/// Rolled back when dropped uncommitted (an error, or a panic, in the operation).
+struct Txn<'c> {
+    connection: &'c Connection,
+    open: bool,
+}
+
+impl<'c> Txn<'c> {
+    fn begin(connection: &'c Connection, immediate: bool) -> rusqlite::Result<Self> {
+        let begin = if immediate {
+            "BEGIN IMMEDIATE"
+        } else {
+            "BEGIN DEFERRED"
+        };
+        connection.prepare_cached(begin)?.execute([])?;
+        Ok(Txn {
+            connection,
+            open: true,
+        })
+    }
+
+    fn commit(mut self) -> rusqlite::Result<()> {
+        self.connection.prepare_cached("COMMIT")?.execute([])?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for Txn<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            let _ = self.connection.execute_batch("ROLLBACK");
+        }
     }
 }
 
@@ -397,7 +448,7 @@ fn list_from<T: DeserializeOwned>(
 
 /// A read transaction: a consistent view of committed records.
 pub(crate) struct ReadTxn<'a> {
-    txn: &'a rusqlite::Transaction<'a>,
+    txn: &'a Connection,
     path: &'a Path,
 }
 
@@ -413,7 +464,7 @@ impl Records for ReadTxn<'_> {
 
 /// A write transaction: changes become visible to others all at once on commit.
 pub(crate) struct WriteTxn<'a> {
-    txn: &'a rusqlite::Transaction<'a>,
+    txn: &'a Connection,
     path: &'a Path,
 }
 
@@ -461,5 +512,46 @@ impl Records for WriteTxn<'_> {
 
     fn list<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<(String, T)>> {
         list_from(self.txn, table, self.path)
+    }
+}
+
+#[cfg(test)]
+mod transaction_tests {
+    use super::{Metadata, Records, Table};
+    use crate::error::StoreError;
+
+    /// A write whose operation fails leaves nothing behind, and the connection takes the
+    /// next transaction (the failed one was rolled back, not left open); reads and volatile
+    /// writes in between see committed records only.
+    #[test]
+    fn a_failed_write_is_rolled_back_and_the_next_one_works() {
+        let root = tempfile::tempdir().unwrap();
+        let metadata = Metadata::open(root.path(), std::time::Duration::from_secs(5)).unwrap();
+        metadata
+            .write(|txn| txn.put(Table::Info, "kept", &1u32))
+            .unwrap();
+        let failed: Result<(), StoreError> = metadata.write(|txn| {
+            txn.put(Table::Info, "dropped", &2u32)?;
+            Err(StoreError::Metadata {
+                path: root.path().to_path_buf(),
+                message: "the operation failed".into(),
+            })
+        });
+        assert!(failed.is_err());
+        metadata
+            .write_volatile(|txn| txn.put(Table::Info, "volatile", &3u32))
+            .unwrap();
+        metadata
+            .write(|txn| txn.put(Table::Info, "after", &4u32))
+            .unwrap();
+        let read = |key: &str| {
+            metadata
+                .read(|txn| txn.get::<u32>(Table::Info, key))
+                .unwrap()
+        };
+        assert_eq!(read("kept"), Some(1));
+        assert_eq!(read("dropped"), None);
+        assert_eq!(read("volatile"), Some(3));
+        assert_eq!(read("after"), Some(4));
     }
 }

@@ -241,3 +241,35 @@ fn role_lease_holder() {
     std::thread::sleep(std::time::Duration::from_secs(120));
     drop(active);
 }
+
+/// `protect_many` keeps what it names from a prune as one-by-one protection does, and
+/// protecting again (one by one or many) changes nothing.
+#[test]
+fn protect_many_keeps_snapshots_and_blobs_from_prune() {
+    let root = TestRoot::new();
+    let store = Store::open(root.path()).unwrap();
+    let content = store.content();
+    let writer = store.lease("writer").unwrap();
+    let first = unpack(&store, &writer, "first", None);
+    let second = unpack(&store, &writer, "second", None);
+    let loose = unpack(&store, &writer, "loose", None);
+    let (blob, _) = content.put_bytes(&writer, b"a layer", None).unwrap();
+    let (loose_blob, _) = content.put_bytes(&writer, b"not protected", None).unwrap();
+
+    let holder = store.lease("holder").unwrap();
+    holder
+        .protect_many(&[first.clone(), second.clone()], &[blob.clone()])
+        .unwrap();
+    holder.protect_snapshot(&first).unwrap();
+    holder
+        .protect_many(&[second.clone()], &[blob.clone()])
+        .unwrap();
+    drop(writer);
+
+    store.prune(&PruneOptions::default()).unwrap();
+    assert!(store.snapshotter().info(&first).is_ok());
+    assert!(store.snapshotter().info(&second).is_ok());
+    assert!(content.exists(&blob));
+    assert!(store.snapshotter().info(&loose).is_err());
+    assert!(!content.exists(&loose_blob));
+}
