@@ -101,16 +101,13 @@ impl std::fmt::Debug for Sha256 {
 /// A writer that passes everything to `inner` and hashes it on a thread of its own, so that
 /// hashing a large stream (a layer's tar: its diffID) overlaps with producing and writing it
 /// instead of adding to it. Bytes are handed over in chunks of [`Self::CHUNK`].
-///
-/// It can also start from a saved state ([`resuming`](Self::resuming)) and save the state
-/// every `interval` bytes of the stream on the way, for a later stream that shares a prefix.
 pub struct PipelinedSha256Writer<W> {
     inner: W,
     pending: Vec<u8>,
     sender: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
-    hasher: Option<std::thread::JoinHandle<Hashed>>,
+    hasher: Option<std::thread::JoinHandle<Sha256>>,
     /// Used instead when no thread could be started.
-    inline: Option<Hashed>,
+    inline: Option<Sha256>,
     written: u64,
 }
 
@@ -122,9 +119,6 @@ pub struct CheckpointingSha256 {
     interval: Option<u64>,
     midstates: Vec<Sha256Midstate>,
 }
-
-/// The hashing side of [`PipelinedSha256Writer`].
-type Hashed = CheckpointingSha256;
 
 impl CheckpointingSha256 {
     /// Goes on from `hasher` (fresh or [resumed](Sha256::resume)); lengths count from the
@@ -165,26 +159,16 @@ impl<W> PipelinedSha256Writer<W> {
     pub const CHUNK: usize = 1 << 20;
 
     pub fn new(inner: W) -> Self {
-        Self::resuming(inner, Sha256::new(), None)
-    }
-
-    /// A writer whose hash goes on from `hasher` (a fresh one, or one [resumed](Sha256::resume)
-    /// from a saved state), saving its state each time the stream's length (counted from the
-    /// state's start) reaches a multiple of `interval`, which must be a positive multiple of
-    /// 64. The states are returned by [`finish_with_midstates`](Self::finish_with_midstates).
-    pub fn resuming(inner: W, hasher: Sha256, interval: Option<u64>) -> Self {
-        let hashed = Hashed::new(hasher, interval);
         // a few chunks in flight: enough to keep the hasher busy, bounded memory
         let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
-        let thread_hashed = hashed.clone();
         let hasher = std::thread::Builder::new()
             .name("kiln-sha256".into())
             .spawn(move || {
-                let mut hashed = thread_hashed;
+                let mut hasher = Sha256::new();
                 for chunk in receiver {
-                    hashed.update(&chunk);
+                    hasher.update(&chunk);
                 }
-                hashed
+                hasher
             });
         match hasher {
             Ok(handle) => PipelinedSha256Writer {
@@ -201,7 +185,7 @@ impl<W> PipelinedSha256Writer<W> {
                 pending: Vec::new(),
                 sender: None,
                 hasher: None,
-                inline: Some(hashed),
+                inline: Some(Sha256::new()),
                 written: 0,
             },
         }
@@ -216,45 +200,23 @@ impl<W> PipelinedSha256Writer<W> {
         }
     }
 
-    /// Hashes `bytes` as part of the stream without writing them to the inner writer (a
-    /// prefix the inner writer already has).
-    pub fn hash_only(&mut self, bytes: &[u8]) {
-        if let Some(inline) = &mut self.inline {
-            inline.update(bytes);
-            return;
-        }
-        self.pending.extend_from_slice(bytes);
-        if self.pending.len() >= Self::CHUNK {
-            self.send_pending();
-        }
-    }
-
     /// The sha256 and size of everything written, and the inner writer.
-    pub fn finish(self) -> (crate::Digest, u64, W) {
-        let (digest, written, inner, _) = self.finish_with_midstates();
-        (digest, written, inner)
-    }
-
-    /// [`finish`](Self::finish), with the states saved every `interval` bytes (in stream
-    /// order). The size counts the bytes written through this writer, not those hashed only.
-    pub fn finish_with_midstates(mut self) -> (crate::Digest, u64, W, Vec<Sha256Midstate>) {
+    pub fn finish(mut self) -> (crate::Digest, u64, W) {
         self.send_pending();
         self.sender = None;
-        let hashed = match (self.hasher.take(), self.inline.take()) {
+        let hasher = match (self.hasher.take(), self.inline.take()) {
             (Some(handle), _) => match handle.join() {
-                Ok(hashed) => hashed,
+                Ok(hasher) => hasher,
                 // the hashing thread only hashes: it cannot fail but by a panic
                 Err(panic) => std::panic::resume_unwind(panic),
             },
             (None, Some(inline)) => inline,
-            (None, None) => Hashed::new(Sha256::new(), None),
+            (None, None) => Sha256::new(),
         };
-        let (hash, midstates) = hashed.finish();
         (
-            crate::Digest::from_sha256(hash),
+            crate::Digest::from_sha256(hasher.finalize()),
             self.written,
             self.inner,
-            midstates,
         )
     }
 }
@@ -320,46 +282,35 @@ mod tests {
     }
 
     #[test]
-    fn pipelined_writer_saves_and_resumes_midstates() {
-        use std::io::Write as _;
-        let data: Vec<u8> = (0..(5 * super::PipelinedSha256Writer::<Vec<u8>>::CHUNK + 999))
+    fn checkpointing_hasher_saves_and_resumes_midstates() {
+        use super::CheckpointingSha256;
+        let data: Vec<u8> = (0..(5 * (1usize << 20) + 999))
             .map(|index| (index % 241) as u8)
             .collect();
         let interval = 1 << 20;
-        let mut writer =
-            super::PipelinedSha256Writer::resuming(Vec::new(), Sha256::new(), Some(interval));
+        let mut hasher = CheckpointingSha256::new(Sha256::new(), Some(interval));
         for piece in data.chunks(300_001) {
-            writer.write_all(piece).unwrap();
+            hasher.update(piece);
         }
-        let (digest, _, _, midstates) = writer.finish_with_midstates();
-        assert_eq!(digest, crate::Digest::of_bytes(&data));
+        let (digest, midstates) = hasher.finish();
+        assert_eq!(
+            crate::Digest::from_sha256(digest),
+            crate::Digest::of_bytes(&data)
+        );
         let lengths: Vec<u64> = midstates.iter().map(|state| state.length).collect();
         assert_eq!(lengths, [1 << 20, 2 << 20, 3 << 20, 4 << 20, 5 << 20]);
-        // resume from the third: the prefix is hashed only, the rest written
+        // resumed from the third: the same hash, and the same states after it
         let state = midstates[2];
         let start = state.length as usize;
-        let mut resumed = super::PipelinedSha256Writer::resuming(
-            Vec::new(),
-            Sha256::resume(&state).unwrap(),
-            Some(interval),
+        let mut resumed = CheckpointingSha256::new(Sha256::resume(&state).unwrap(), Some(interval));
+        resumed.update(&data[start..start + 10]);
+        resumed.update(&data[start + 10..]);
+        let (digest, later) = resumed.finish();
+        assert_eq!(
+            crate::Digest::from_sha256(digest),
+            crate::Digest::of_bytes(&data)
         );
-        resumed.write_all(&data[start..start + 10]).unwrap();
-        let (digest, written, inner, later) = {
-            resumed.write_all(&data[start + 10..]).unwrap();
-            resumed.finish_with_midstates()
-        };
-        assert_eq!(digest, crate::Digest::of_bytes(&data));
-        assert_eq!(written as usize, data.len() - start);
-        assert_eq!(inner, &data[start..]);
         assert_eq!(later, midstates[3..]);
-        // hash_only: hashed, not written
-        let mut partial = super::PipelinedSha256Writer::new(Vec::new());
-        partial.hash_only(&data[..1000]);
-        partial.write_all(&data[1000..]).unwrap();
-        let (digest, written, inner) = partial.finish();
-        assert_eq!(digest, crate::Digest::of_bytes(&data));
-        assert_eq!(written as usize, data.len() - 1000);
-        assert_eq!(inner.len(), data.len() - 1000);
     }
 
     #[test]
