@@ -81,40 +81,18 @@ impl Lease {
 
     /// Protects a blob (present or about to be written).
     pub fn protect_blob(&self, digest: &Digest) -> Result<()> {
-        self.add_once(format!("b:{digest}"), |record| {
-            record.blobs.insert(digest.clone());
-        })
+        self.protect_many(&[], std::slice::from_ref(digest))
     }
 
     /// Protects a snapshot and, through it, its parents.
     pub fn protect_snapshot(&self, id: &SnapshotId) -> Result<()> {
-        self.add_once(format!("s:{id}"), |record| {
-            record.snapshots.insert(id.clone());
-        })
-    }
-
-    /// Adds an item to the record unless this process already has (the record only grows
-    /// while the lease lives, so what was committed once stays).
-    fn add_once(&self, item: String, change: impl FnOnce(&mut LeaseRecord)) -> Result<()> {
-        let lock = || {
-            self.added
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-        };
-        if lock().contains(&item) {
-            return Ok(());
-        }
-        self.inner
-            .metadata
-            .write_volatile(|txn| add_to_lease(txn, &self.id, change))?;
-        lock().insert(item);
-        Ok(())
+        self.protect_many(std::slice::from_ref(id), &[])
     }
 
     /// Protects a cache mount directory.
     pub fn protect_cache_mount(&self, id: &str) -> Result<()> {
         validate_cache_mount_id(id)?;
-        self.add_once(format!("c:{id}"), |record| {
+        self.add_once(vec![format!("c:{id}")], |record| {
             record.cache_mounts.insert(id.to_string());
         })
     }
@@ -123,31 +101,40 @@ impl Lease {
     /// for many at once, in one write: an image's layers are protected together rather than
     /// rewriting the record once per layer and blob.
     pub fn protect_many(&self, snapshots: &[SnapshotId], blobs: &[Digest]) -> Result<()> {
-        let items: Vec<String> = {
-            let added = self
-                .added
+        let items = snapshots
+            .iter()
+            .map(|id| format!("s:{id}"))
+            .chain(blobs.iter().map(|digest| format!("b:{digest}")))
+            .collect();
+        self.add_once(items, |record| {
+            record.snapshots.extend(snapshots.iter().cloned());
+            record.blobs.extend(blobs.iter().cloned());
+        })
+    }
+
+    /// Adds items to the record unless this process already has added them all (the record
+    /// only grows while the lease lives, so what was committed once stays). `change` adds
+    /// every item; those added before are already there.
+    fn add_once(&self, items: Vec<String>, change: impl FnOnce(&mut LeaseRecord)) -> Result<()> {
+        let lock = || {
+            self.added
                 .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            snapshots
-                .iter()
-                .map(|id| format!("s:{id}"))
-                .chain(blobs.iter().map(|digest| format!("b:{digest}")))
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        };
+        let new: Vec<String> = {
+            let added = lock();
+            items
+                .into_iter()
                 .filter(|item| !added.contains(item))
                 .collect()
         };
-        if items.is_empty() {
+        if new.is_empty() {
             return Ok(());
         }
-        self.inner.metadata.write_volatile(|txn| {
-            add_to_lease(txn, &self.id, |record| {
-                record.snapshots.extend(snapshots.iter().cloned());
-                record.blobs.extend(blobs.iter().cloned());
-            })
-        })?;
-        self.added
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .extend(items);
+        self.inner
+            .metadata
+            .write_volatile(|txn| add_to_lease(txn, &self.id, change))?;
+        lock().extend(new);
         Ok(())
     }
 
