@@ -73,6 +73,10 @@ const SCHEMA_VERSION: u32 = 1;
 /// How long a metadata operation waits for another process's transaction before giving up.
 pub(crate) const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Log pages after which a commit checkpoints the WAL into the database (SQLite's default is
+/// 1,000; see `open_once`).
+const WAL_CHECKPOINT_PAGES: u32 = 64;
+
 /// The database of one store handle.
 pub(crate) struct Metadata {
     db_path: PathBuf,
@@ -121,8 +125,15 @@ impl Metadata {
                 message: format!("journal mode {mode} instead of wal"),
             });
         }
+        // The first connection of a process (every kiln command) rebuilds the WAL's index by
+        // reading every frame of the log: with SQLite's default of checkpointing at 1,000
+        // pages, that was up to 4 MB read in 1,000 `pread`s (5 ms) at every open. A log kept
+        // under ~64 pages costs a checkpoint (its pages copied into the database, two fsyncs)
+        // every few builds instead.
         connection
-            .execute_batch("PRAGMA synchronous = FULL;")
+            .execute_batch(&format!(
+                "PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES};"
+            ))
             .map_err(unreadable)?;
         // The last connection to close would checkpoint the WAL into the database and delete
         // it (two fsyncs, and a directory fsync when the next process makes the WAL anew) at
