@@ -548,6 +548,22 @@ impl PatternMatcher {
         (matched, info)
     }
 
+    /// The result every path below a directory gets, when its [`MatchInfo`] (`parent`, from
+    /// [`matches_with_parent`](Self::matches_with_parent)) already decides it: every pattern
+    /// matched the directory, so every pattern matches whatever is below it. `None` when the
+    /// names below still matter. The info of everything below is `parent` itself.
+    pub fn settled_below(&self, parent: &MatchInfo) -> Option<bool> {
+        let known = parent.parent_matched.len() == self.patterns.len();
+        if !known || self.patterns.is_empty() || !parent.parent_matched.iter().all(|m| *m) {
+            return None;
+        }
+        Some(
+            self.patterns
+                .last()
+                .is_some_and(|pattern| !pattern.exclusion),
+        )
+    }
+
     /// Whether a walker may skip directory `dir` entirely because it is matched and no `!`
     /// pattern could re-include anything inside it (for exclude lists such as `.dockerignore`).
     pub fn can_skip_matched_dir(&self, dir: &str) -> bool {
@@ -720,6 +736,46 @@ fn is_clean(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settled_below_agrees_with_the_walk() {
+        let cases: &[&[&str]] = &[
+            &["app"],
+            &["app", "!app/keep"],
+            &["app/**", "!app/x/*.txt"],
+            &["*", "!b"],
+            &["a/b"],
+        ];
+        for patterns in cases {
+            let matcher = PatternMatcher::new(patterns.iter().copied()).expect("patterns");
+            for dir in ["app", "app/x", "a", "a/b", "b", "c"] {
+                let mut info = MatchInfo::default();
+                let mut walked = String::new();
+                for name in dir.split('/') {
+                    if !walked.is_empty() {
+                        walked.push('/');
+                    }
+                    walked.push_str(name);
+                    info = matcher.matches_with_parent(&walked, &info).1;
+                }
+                let Some(settled) = matcher.settled_below(&info) else {
+                    continue;
+                };
+                for below in ["f", "x/y.txt", "keep", "deep/er/file"] {
+                    let path = format!("{dir}/{below}");
+                    assert_eq!(
+                        matcher.matches(&path),
+                        settled,
+                        "{patterns:?}: {path} below settled {dir}"
+                    );
+                }
+            }
+        }
+        // not settled where a name below still matters
+        let matcher = PatternMatcher::new(["app", "!app/keep"]).expect("patterns");
+        let info = matcher.matches_with_parent("app", &MatchInfo::default()).1;
+        assert_eq!(matcher.settled_below(&info), None);
+    }
 
     #[test]
     fn clean_path_matches_go() {

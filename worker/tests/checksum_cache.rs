@@ -297,6 +297,25 @@ fn the_stat_cache_reads_each_file_once() {
     assert_ne!(changed, first);
     assert_eq!(cache.files_read(), 1);
 
+    // Saved again once the change is past the racy window: the new record replaces the
+    // saved one (no second record for the path), and the next build reads nothing.
+    let entries = cache.len();
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    std::fs::write(dir.path().join("other/x"), "changed again").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    let changed_again = checksum_copy_sources(&source, actions.iter(), &cache).unwrap();
+    assert_ne!(changed_again, changed);
+    assert_eq!(cache.files_read(), 2);
+    assert_eq!(cache.len(), entries);
+    cache.save().unwrap();
+    let cache = ChecksumCache::open_for_context(cache_dir.path(), "context-1").unwrap();
+    assert_eq!(cache.len(), entries);
+    assert_eq!(
+        checksum_copy_sources(&source, actions.iter(), &cache).unwrap(),
+        changed_again
+    );
+    assert_eq!(cache.files_read(), 0);
+
     // A torn cache file is ignored.
     std::fs::write(cache_dir.path().join("context-1.bin"), b"KILNCSUM garbage").unwrap();
     let cache = ChecksumCache::open_for_context(cache_dir.path(), "context-1").unwrap();

@@ -14,11 +14,11 @@
 //! but never saved.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 
 /// Paths are hashed with foldhash: SipHash was a noticeable part of a warm rebuild's lookups.
 type RecordMap = HashMap<Vec<u8>, Record, foldhash::fast::RandomState>;
 use std::io::{self, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
@@ -48,9 +48,9 @@ pub(crate) struct StatKey {
 }
 
 impl StatKey {
-    pub(crate) fn of(metadata: &std::fs::Metadata) -> StatKey {
+    pub(crate) fn of(metadata: &crate::fileops::stat::Stat) -> StatKey {
         StatKey {
-            size: metadata.size(),
+            size: metadata.len(),
             mtime_nanos: i128::from(metadata.mtime()) * 1_000_000_000
                 + i128::from(metadata.mtime_nsec()),
             ctime_nanos: i128::from(metadata.ctime()) * 1_000_000_000
@@ -81,15 +81,128 @@ struct Record {
     racy: bool,
 }
 
+/// Bytes of a saved record after its key: size, mtime, ctime, inode, device, mode, uid, gid,
+/// content hash, xattrs hash.
+const RECORD_TAIL: usize = 8 + 16 + 16 + 8 + 8 + 4 + 4 + 4 + 32 + 32;
+
+/// The records of a cache: those of the saved file, looked up in place in the file's bytes
+/// (a 20,000-file context's file is 3 MB; decoding it into a map of owned keys was 20,000
+/// allocations, and as many frees), and those added by this process.
+#[derive(Debug, Default)]
+struct Records {
+    /// The saved file, verified; records are read from it where they lie.
+    saved: Vec<u8>,
+    /// Offsets in `saved` of the records (each key once, the last one saved wins), by key.
+    index: hashbrown::HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
+    /// Records hashed by this process (they replace saved ones with the same key).
+    added: RecordMap,
+}
+
+impl Records {
+    /// The key of the saved record at `offset` (checked when decoded).
+    fn saved_key(&self, offset: u32) -> &[u8] {
+        saved_key_in(&self.saved, offset)
+    }
+
+    /// The whole saved record at `offset`, key length included.
+    fn saved_record(&self, offset: u32) -> &[u8] {
+        let key = self.saved_key(offset).len();
+        &self.saved[offset as usize..offset as usize + 4 + key + RECORD_TAIL]
+    }
+
+    /// The stat and hashes of the saved record at `offset`.
+    fn saved_value(&self, offset: u32) -> (StatKey, Hashes) {
+        let key = self.saved_key(offset).len();
+        let start = offset as usize + 4 + key;
+        let mut cursor = Cursor {
+            bytes: &self.saved[start..start + RECORD_TAIL],
+        };
+        // the record's RECORD_TAIL bytes were checked when decoded: every take succeeds
+        let size = u64::from_le_bytes(cursor.array().unwrap_or_default());
+        let mtime_nanos = i128::from_le_bytes(cursor.array().unwrap_or_default());
+        let ctime_nanos = i128::from_le_bytes(cursor.array().unwrap_or_default());
+        let inode = u64::from_le_bytes(cursor.array().unwrap_or_default());
+        let device = u64::from_le_bytes(cursor.array().unwrap_or_default());
+        let mode = u32::from_le_bytes(cursor.array().unwrap_or_default());
+        let uid = u32::from_le_bytes(cursor.array().unwrap_or_default());
+        let gid = u32::from_le_bytes(cursor.array().unwrap_or_default());
+        let content = cursor.array().unwrap_or_default();
+        let xattrs = cursor.array().unwrap_or_default();
+        (
+            StatKey {
+                size,
+                mtime_nanos,
+                ctime_nanos,
+                inode,
+                device,
+                mode,
+                uid,
+                gid,
+            },
+            Hashes { content, xattrs },
+        )
+    }
+
+    fn find_saved(&self, key: &[u8]) -> Option<u32> {
+        let hash = self.hasher.hash_one(key);
+        self.index
+            .find(hash, |&offset| self.saved_key(offset) == key)
+            .copied()
+    }
+
+    /// The hashes recorded for `key` if its stat still matches.
+    fn get(&self, key: &[u8], stat: &StatKey) -> Option<Hashes> {
+        if !self.added.is_empty() {
+            if let Some(record) = self.added.get(key) {
+                return (record.stat == *stat).then_some(record.hashes);
+            }
+        }
+        let (saved_stat, hashes) = self.saved_value(self.find_saved(key)?);
+        (saved_stat == *stat).then_some(hashes)
+    }
+
+    fn len(&self) -> usize {
+        let replaced = self
+            .added
+            .keys()
+            .filter(|key| self.find_saved(key).is_some())
+            .count();
+        self.index.len() + self.added.len() - replaced
+    }
+}
+
+/// The key of the record at `offset` of a saved file (bounds checked when it was decoded).
+fn saved_key_in(saved: &[u8], offset: u32) -> &[u8] {
+    let offset = offset as usize;
+    let mut length = [0u8; 4];
+    length.copy_from_slice(&saved[offset..offset + 4]);
+    &saved[offset + 4..offset + 4 + u32::from_le_bytes(length) as usize]
+}
+
+/// Read access to a cache for a batch of lookups (one lock for all of them; shared by the
+/// threads of a parallel lookup).
+pub(crate) struct CacheReader<'a> {
+    records: Option<std::sync::RwLockReadGuard<'a, Records>>,
+}
+
+impl CacheReader<'_> {
+    /// The hashes of the file at `key` (relative to the source root) if its `lstat` still
+    /// matches the one it was hashed with.
+    pub(crate) fn get(&self, key: &[u8], stat: &StatKey) -> Option<Hashes> {
+        self.records.as_ref()?.get(key, stat)
+    }
+}
+
 /// Content hashes of files, keyed by path and validated by `lstat`.
 #[derive(Debug, Default)]
 pub struct ChecksumCache {
     file: Option<PathBuf>,
-    records: RwLock<RecordMap>,
+    records: RwLock<Records>,
     /// The saved file being read and decoded on a thread of its own (a 20,000-file context's
     /// is 3 MB, several ms), joined at first use: meanwhile the build opens the store,
     /// resolves its base images and lists the context.
-    loading: Mutex<Option<std::thread::JoinHandle<RecordMap>>>,
+    loading: Mutex<Option<std::thread::JoinHandle<Records>>>,
     dirty: AtomicBool,
     files_read: AtomicU64,
 }
@@ -101,7 +214,7 @@ const FREE_IN_BACKGROUND: usize = 4096;
 impl Drop for ChecksumCache {
     fn drop(&mut self) {
         let records = match self.records.get_mut() {
-            Ok(records) => std::mem::take(records),
+            Ok(records) => std::mem::take(&mut records.added),
             Err(_) => return,
         };
         if records.len() >= FREE_IN_BACKGROUND {
@@ -125,7 +238,7 @@ impl ChecksumCache {
         let load = |file: &Path| {
             std::fs::read(file)
                 .ok()
-                .and_then(|bytes| decode(&bytes))
+                .and_then(decode)
                 .unwrap_or_default()
         };
         let path = file.clone();
@@ -133,7 +246,7 @@ impl ChecksumCache {
             .name("kiln-checksums".into())
             .spawn(move || load(&path))
         {
-            Ok(handle) => (RecordMap::default(), Some(handle)),
+            Ok(handle) => (Records::default(), Some(handle)),
             Err(_) => (load(&file), None),
         };
         ChecksumCache {
@@ -210,24 +323,12 @@ impl ChecksumCache {
         self.files_read.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The hashes of entries whose `lstat` still matches (`None` for the others), all
-    /// looked up under one read lock.
-    pub(crate) fn lookup_many<'k>(
-        &self,
-        entries: impl Iterator<Item = (&'k [u8], &'k StatKey)>,
-    ) -> Vec<Option<Hashes>> {
+    /// Read access for a batch of lookups (waits for the saved file's records first).
+    pub(crate) fn reader(&self) -> CacheReader<'_> {
         self.finish_loading();
-        let Ok(records) = self.records.read() else {
-            return entries.map(|_| None).collect();
-        };
-        entries
-            .map(|(key, stat)| {
-                records
-                    .get(key)
-                    .filter(|record| record.stat == *stat)
-                    .map(|record| record.hashes)
-            })
-            .collect()
+        CacheReader {
+            records: self.records.read().ok(),
+        }
     }
 
     /// Stores hashes computed after `hash_started_nanos` (wall clock).
@@ -243,7 +344,7 @@ impl ChecksumCache {
         for (key, stat, hashes) in hashed {
             let last_change = stat.mtime_nanos.max(stat.ctime_nanos);
             let racy = last_change + RACY_WINDOW_NANOS >= hash_started_nanos;
-            records.insert(key, Record { stat, hashes, racy });
+            records.added.insert(key, Record { stat, hashes, racy });
         }
         self.dirty.store(true, Ordering::Relaxed);
     }
@@ -277,13 +378,22 @@ pub(crate) fn now_nanos() -> i128 {
         .unwrap_or(0)
 }
 
-fn encode(records: &RecordMap) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + records.len() * 160);
+fn encode(records: &Records) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + records.saved.len() + records.added.len() * 160);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
-    let saved: Vec<_> = records.iter().filter(|(_, record)| !record.racy).collect();
-    out.extend_from_slice(&(saved.len() as u64).to_le_bytes());
-    for (key, record) in saved {
+    let count_at = out.len();
+    out.extend_from_slice(&0u64.to_le_bytes());
+    let mut count: u64 = 0;
+    // saved records not replaced since, copied as they are
+    for &offset in records.index.iter() {
+        if records.added.contains_key(records.saved_key(offset)) {
+            continue;
+        }
+        out.extend_from_slice(records.saved_record(offset));
+        count += 1;
+    }
+    for (key, record) in records.added.iter().filter(|(_, record)| !record.racy) {
         out.extend_from_slice(&(key.len() as u32).to_le_bytes());
         out.extend_from_slice(key);
         let stat = &record.stat;
@@ -297,7 +407,9 @@ fn encode(records: &RecordMap) -> Vec<u8> {
         out.extend_from_slice(&stat.gid.to_le_bytes());
         out.extend_from_slice(&record.hashes.content);
         out.extend_from_slice(&record.hashes.xattrs);
+        count += 1;
     }
+    out[count_at..count_at + 8].copy_from_slice(&count.to_le_bytes());
     let trailer = blake3::hash(&out);
     out.extend_from_slice(trailer.as_bytes());
     out
@@ -322,11 +434,13 @@ impl<'a> Cursor<'a> {
     }
 }
 
-fn decode(bytes: &[u8]) -> Option<RecordMap> {
+/// Checks a saved file and indexes its records in place.
+fn decode(bytes: Vec<u8>) -> Option<Records> {
     if bytes.len() < 32 + 20 || bytes.len() as u64 > MAX_CACHE_FILE {
         return None;
     }
-    let (body, trailer) = bytes.split_at(bytes.len() - 32);
+    let body_length = bytes.len() - 32;
+    let (body, trailer) = bytes.split_at(body_length);
     if blake3::hash(body).as_bytes() != trailer {
         return None;
     }
@@ -335,35 +449,45 @@ fn decode(bytes: &[u8]) -> Option<RecordMap> {
         return None;
     }
     let count = u64::from_le_bytes(cursor.array()?);
-    let mut records =
-        RecordMap::with_capacity_and_hasher(count.min(1 << 20) as usize, Default::default());
+    let mut offset = body_length - cursor.bytes.len();
+    let mut records = Records {
+        index: hashbrown::HashTable::with_capacity(count.min(1 << 20) as usize),
+        ..Records::default()
+    };
+    let mut offsets = Vec::with_capacity(count.min(1 << 20) as usize);
     for _ in 0..count {
         let key_length = u32::from_le_bytes(cursor.array()?) as usize;
-        let key = cursor.take(key_length)?.to_vec();
-        let stat = StatKey {
-            size: u64::from_le_bytes(cursor.array()?),
-            mtime_nanos: i128::from_le_bytes(cursor.array()?),
-            ctime_nanos: i128::from_le_bytes(cursor.array()?),
-            inode: u64::from_le_bytes(cursor.array()?),
-            device: u64::from_le_bytes(cursor.array()?),
-            mode: u32::from_le_bytes(cursor.array()?),
-            uid: u32::from_le_bytes(cursor.array()?),
-            gid: u32::from_le_bytes(cursor.array()?),
-        };
-        let hashes = Hashes {
-            content: cursor.array()?,
-            xattrs: cursor.array()?,
-        };
-        records.insert(
-            key,
-            Record {
-                stat,
-                hashes,
-                racy: false,
-            },
-        );
+        cursor.take(key_length)?;
+        cursor.take(RECORD_TAIL)?;
+        offsets.push(u32::try_from(offset).ok()?);
+        offset += 4 + key_length + RECORD_TAIL;
     }
-    cursor.bytes.is_empty().then_some(records)
+    if !cursor.bytes.is_empty() {
+        return None;
+    }
+    records.saved = bytes;
+    let Records {
+        saved,
+        index,
+        hasher,
+        ..
+    } = &mut records;
+    let key_of = |offset: u32| saved_key_in(saved, offset);
+    for offset in offsets {
+        let key = key_of(offset);
+        let hash = hasher.hash_one(key);
+        match index.entry(
+            hash,
+            |&other| key_of(other) == key,
+            |&other| hasher.hash_one(key_of(other)),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(mut occupied) => *occupied.get_mut() = offset,
+            hashbrown::hash_table::Entry::Vacant(vacant) => {
+                vacant.insert(offset);
+            }
+        }
+    }
+    Some(records)
 }
 
 fn write_atomically(file: &Path, bytes: &[u8]) -> io::Result<()> {

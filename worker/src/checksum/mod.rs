@@ -20,7 +20,7 @@ mod cache;
 
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use kiln_frontend::dag::op::CopyAction;
@@ -92,40 +92,77 @@ pub fn checksum_copy_sources_listed<'a>(
     for action in actions {
         plans.push((select_copy(source, action)?, action.dir_contents_only));
     }
-    let all: Vec<(&Selection, bool)> = plans
+    let all: Vec<&Selection> = plans
         .iter()
-        .flat_map(|(selections, contents_only)| {
-            selections
-                .iter()
-                .map(move |selection| (selection, *contents_only))
-        })
+        .flat_map(|(selections, _)| selections.iter())
         .collect();
-    let hashes = hash_entries(source, all.iter().map(|(selection, _)| *selection), cache)?;
-    let mut digest = blake3::Hasher::new();
-    digest.update(b"kiln copy sources v2\0");
-    let mut hash_index = 0;
+    let hashes = hash_entries(source, &all, cache)?;
+    let mut stream = RecordStream::new(b"kiln copy sources v2\0");
+    let mut selection_hashes = hashes.iter();
     for (action_index, (selections, contents_only)) in plans.iter().enumerate() {
-        put_bytes(&mut digest, format!("action {action_index}").as_bytes());
+        put_bytes(
+            &mut stream.buffer,
+            format!("action {action_index}").as_bytes(),
+        );
         for selection in selections {
-            put_bytes(&mut digest, selection.source_path.as_bytes());
-            for (entry_index, entry) in selection.entries.iter().enumerate() {
-                let entry_hashes = &hashes[hash_index];
-                hash_index += 1;
+            put_bytes(&mut stream.buffer, selection.source_path.as_bytes());
+            let Some(segment_hashes) = selection_hashes.next() else {
+                break;
+            };
+            let entries = selection.segments().iter().flatten();
+            for (entry_index, (entry, entry_hashes)) in
+                entries.zip(segment_hashes.iter().flatten()).enumerate()
+            {
                 // The metadata of a directory whose contents only are copied is not copied.
                 if entry_index == 0 && *contents_only && entry.metadata.is_dir() {
                     continue;
                 }
-                put_entry(&mut digest, source, entry, entry_hashes);
+                let record_start = stream.buffer.len();
+                put_entry(&mut stream.buffer, source, entry, entry_hashes);
                 if list {
                     let mut own = blake3::Hasher::new();
-                    put_entry(&mut own, source, entry, entry_hashes);
+                    own.update(&stream.buffer[record_start..]);
                     let path = selection.entry_root_relative(entry);
                     listing.push((path.to_string_lossy().into_owned(), finish(own)));
                 }
+                stream.flush_if_full();
             }
         }
     }
-    Ok((finish(digest), listing))
+    Ok((stream.finish(), listing))
+}
+
+/// A record stream being hashed: records are written into a buffer that is hashed in large
+/// pieces (blake3 hashes a large input several chunks at a time with SIMD; ten small updates
+/// per record went a block at a time).
+struct RecordStream {
+    hasher: blake3::Hasher,
+    buffer: Vec<u8>,
+}
+
+impl RecordStream {
+    const FLUSH_AT: usize = 64 * 1024;
+
+    fn new(tag: &[u8]) -> RecordStream {
+        let mut buffer = Vec::with_capacity(Self::FLUSH_AT + 4096);
+        buffer.extend_from_slice(tag);
+        RecordStream {
+            hasher: blake3::Hasher::new(),
+            buffer,
+        }
+    }
+
+    fn flush_if_full(&mut self) {
+        if self.buffer.len() >= Self::FLUSH_AT {
+            self.hasher.update(&self.buffer);
+            self.buffer.clear();
+        }
+    }
+
+    fn finish(mut self) -> Digest {
+        self.hasher.update(&self.buffer);
+        finish(self.hasher)
+    }
 }
 
 /// The [`Digest`] of a record stream: sha256 over a tag and the stream's blake3.
@@ -146,166 +183,185 @@ pub fn checksum_path(
     cache: &ChecksumCache,
 ) -> Result<Digest, ChecksumError> {
     let selection = select_path_only(source, path, follow_symlinks)?;
-    let hashes = hash_entries(source, std::iter::once(&selection), cache)?;
-    let mut digest = blake3::Hasher::new();
-    digest.update(b"kiln path v2\0");
-    for (entry, entry_hashes) in selection.entries.iter().zip(&hashes) {
-        put_entry(&mut digest, source, entry, entry_hashes);
+    let hashes = hash_entries(source, &[&selection], cache)?;
+    let mut stream = RecordStream::new(b"kiln path v2\0");
+    let entries = selection.segments().iter().flatten();
+    for (entry, entry_hashes) in entries.zip(hashes.iter().flatten().flatten()) {
+        put_entry(&mut stream.buffer, source, entry, entry_hashes);
+        stream.flush_if_full();
     }
-    Ok(finish(digest))
+    Ok(stream.finish())
 }
 
-fn put_bytes(digest: &mut blake3::Hasher, bytes: &[u8]) {
-    digest.update(&(bytes.len() as u64).to_le_bytes());
-    digest.update(bytes);
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    out.extend_from_slice(bytes);
 }
 
-fn put_entry(digest: &mut blake3::Hasher, source: &SourceRoot, entry: &Entry, hashes: &Hashes) {
+/// Appends an entry's record: its path, type, mode, owner, size, device and hashes.
+fn put_entry(out: &mut Vec<u8>, source: &SourceRoot, entry: &Entry, hashes: &Hashes) {
     let metadata = &entry.metadata;
-    let file_type = metadata.file_type();
-    let kind: u8 = if file_type.is_dir() {
+    let kind: u8 = if metadata.is_dir() {
         b'd'
-    } else if file_type.is_file() {
+    } else if metadata.is_file() {
         b'f'
-    } else if file_type.is_symlink() {
+    } else if metadata.is_symlink() {
         b'l'
-    } else if file_type.is_char_device() {
+    } else if metadata.is_char_device() {
         b'c'
-    } else if file_type.is_block_device() {
+    } else if metadata.is_block_device() {
         b'b'
-    } else if file_type.is_fifo() {
+    } else if metadata.is_fifo() {
         b'p'
     } else {
         b's'
     };
     let owner = source.effective_owner(metadata);
-    put_bytes(digest, entry.rel.as_os_str().as_bytes());
-    digest.update(&[kind, u8::from(entry.selected)]);
-    digest.update(&(metadata.mode() & 0o7777).to_le_bytes());
-    digest.update(&owner.uid.to_le_bytes());
-    digest.update(&owner.gid.to_le_bytes());
-    let size = if file_type.is_file() {
-        metadata.size()
+    put_bytes(out, entry.rel.as_os_str().as_bytes());
+    out.extend_from_slice(&[kind, u8::from(entry.selected)]);
+    out.extend_from_slice(&(metadata.mode() & 0o7777).to_le_bytes());
+    out.extend_from_slice(&owner.uid.to_le_bytes());
+    out.extend_from_slice(&owner.gid.to_le_bytes());
+    let size = if metadata.is_file() {
+        metadata.len()
     } else {
         0
     };
-    digest.update(&size.to_le_bytes());
-    let device = if file_type.is_char_device() || file_type.is_block_device() {
+    out.extend_from_slice(&size.to_le_bytes());
+    let device = if metadata.is_char_device() || metadata.is_block_device() {
         metadata.rdev()
     } else {
         0
     };
-    digest.update(&device.to_le_bytes());
-    digest.update(&hashes.content);
-    digest.update(&hashes.xattrs);
+    out.extend_from_slice(&device.to_le_bytes());
+    out.extend_from_slice(&hashes.content);
+    out.extend_from_slice(&hashes.xattrs);
 }
 
-/// The hashes of every entry of the selections, in order: from the cache when the `lstat`
-/// matches, otherwise read (in parallel).
-fn hash_entries<'a>(
+/// The hashes of every entry of the selections, in the selections' shape (per selection, per
+/// segment, per entry): from the cache when the `lstat` matches, otherwise read.
+///
+/// Lookups run per segment in parallel under one read lock, each key written into a buffer
+/// of its thread (no path is allocated for a file the cache knows); the files the cache does
+/// not know are then read in parallel, each path once even when several selections take it.
+fn hash_entries(
     source: &SourceRoot,
-    selections: impl Iterator<Item = &'a Selection>,
+    selections: &[&Selection],
     cache: &ChecksumCache,
-) -> Result<Vec<Hashes>, ChecksumError> {
-    struct Work<'b> {
-        key: Vec<u8>,
-        selection: &'b Selection,
-        entry: &'b Entry,
-        stat: StatKey,
+) -> Result<Vec<Vec<Vec<Hashes>>>, ChecksumError> {
+    const UNKNOWN: Hashes = Hashes {
+        content: [0; 32],
+        xattrs: [0; 32],
+    };
+    let units: Vec<(usize, usize)> = selections
+        .iter()
+        .enumerate()
+        .flat_map(|(selection_index, selection)| {
+            (0..selection.segments().len()).map(move |segment| (selection_index, segment))
+        })
+        .collect();
+    let started = now_nanos();
+    let reader = cache.reader();
+    // per unit: its hashes (UNKNOWN where missed) and the indexes it missed
+    let looked: Vec<(Vec<Hashes>, Vec<usize>)> = units
+        .par_iter()
+        .map_init(Vec::new, |key, &(selection_index, segment)| {
+            let selection = selections[selection_index];
+            let entries = &selection.segments()[segment];
+            let mut missed = Vec::new();
+            let hashes = entries
+                .iter()
+                .enumerate()
+                .map(|(index, entry)| {
+                    selection.write_root_relative(entry, key);
+                    reader
+                        .get(key, &StatKey::of(&entry.metadata))
+                        .unwrap_or_else(|| {
+                            missed.push(index);
+                            UNKNOWN
+                        })
+                })
+                .collect();
+            (hashes, missed)
+        })
+        .collect();
+    drop(reader);
+    let mut per_unit: Vec<Vec<Hashes>> = Vec::with_capacity(looked.len());
+    // (unit, index in its segment) of each missed entry
+    let mut missed: Vec<(usize, usize)> = Vec::new();
+    for (unit, (hashes, unit_missed)) in looked.into_iter().enumerate() {
+        missed.extend(unit_missed.into_iter().map(|index| (unit, index)));
+        per_unit.push(hashes);
     }
-    let selections: Vec<&Selection> = selections.collect();
-    let mut work: Vec<Work<'_>> = Vec::new();
-    for selection in &selections {
-        for entry in &selection.entries {
-            work.push(Work {
-                key: selection
-                    .entry_root_relative(entry)
-                    .as_os_str()
-                    .as_bytes()
-                    .to_vec(),
-                selection,
-                entry,
-                stat: StatKey::of(&entry.metadata),
-            });
-        }
-    }
-    // Each path once, even when several copies take it (one selection never has a path
-    // twice: no map needed).
-    let (unique, slot_of): (Vec<usize>, Option<Vec<usize>>) = if selections.len() > 1 {
-        let mut first_of_key: std::collections::HashMap<&[u8], usize> =
-            std::collections::HashMap::with_capacity(work.len());
-        let mut unique: Vec<usize> = Vec::with_capacity(work.len());
-        let slot_of: Vec<usize> = work
-            .iter()
-            .enumerate()
-            .map(|(index, item)| {
-                *first_of_key.entry(item.key.as_slice()).or_insert_with(|| {
-                    unique.push(index);
-                    unique.len() - 1
+    if !missed.is_empty() {
+        let entry_of = |(unit, index): (usize, usize)| {
+            let (selection_index, segment) = units[unit];
+            let selection = selections[selection_index];
+            (selection, &selection.segments()[segment][index])
+        };
+        let key_of = |place: (usize, usize)| {
+            let (selection, entry) = entry_of(place);
+            let mut key = Vec::new();
+            selection.write_root_relative(entry, &mut key);
+            key
+        };
+        // Each path once, even when several copies take it (one selection never has a path
+        // twice: no map needed for one).
+        let keys: Vec<Vec<u8>> = missed.iter().map(|&place| key_of(place)).collect();
+        let (unique, slot_of): (Vec<usize>, Vec<usize>) = if selections.len() > 1 {
+            let mut first_of_key: std::collections::HashMap<&[u8], usize> =
+                std::collections::HashMap::with_capacity(keys.len());
+            let mut unique = Vec::new();
+            let slot_of = keys
+                .iter()
+                .enumerate()
+                .map(|(index, key)| {
+                    *first_of_key.entry(key.as_slice()).or_insert_with(|| {
+                        unique.push(index);
+                        unique.len() - 1
+                    })
+                })
+                .collect();
+            (unique, slot_of)
+        } else {
+            ((0..missed.len()).collect(), (0..missed.len()).collect())
+        };
+        let computed: Vec<Result<Hashes, ChecksumError>> = unique
+            .par_iter()
+            .map(|&index| {
+                let (selection, entry) = entry_of(missed[index]);
+                let path = selection.entry_path(source, entry);
+                hash_one(&path, entry, cache).map_err(|source| ChecksumError::Read {
+                    path: path.clone(),
+                    source,
                 })
             })
             .collect();
-        (unique, Some(slot_of))
-    } else {
-        ((0..work.len()).collect(), None)
-    };
-    let started = now_nanos();
-    // Cache lookups in chunks, each under one read lock of the cache.
-    let known: Vec<Option<Hashes>> = unique
-        .par_chunks(1024)
-        .flat_map_iter(|chunk| {
-            cache.lookup_many(
-                chunk
-                    .iter()
-                    .map(|&index| (&work[index].key[..], &work[index].stat)),
-            )
-        })
-        .collect();
-    let results: Vec<Result<(Hashes, bool), ChecksumError>> = unique
-        .par_iter()
-        .zip(known)
-        .map(|(&index, known)| {
-            if let Some(hashes) = known {
-                return Ok((hashes, false));
-            }
-            let item = &work[index];
-            // the path is only built for a file that is read
-            let path = item.selection.entry_path(source, item.entry);
-            let hashes =
-                hash_one(&path, item.entry, cache).map_err(|source| ChecksumError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-            Ok((hashes, true))
-        })
-        .collect();
-    let mut unique_hashes = Vec::with_capacity(results.len());
-    let mut fresh = Vec::new();
-    for (&index, result) in unique.iter().zip(results) {
-        let (entry_hashes, computed) = result?;
-        if computed {
-            let item = &work[index];
-            fresh.push((item.key.clone(), item.stat, entry_hashes));
+        let computed: Vec<Hashes> = computed.into_iter().collect::<Result<_, _>>()?;
+        for (&(unit, index), &slot) in missed.iter().zip(&slot_of) {
+            per_unit[unit][index] = computed[slot];
         }
-        unique_hashes.push(entry_hashes);
-    }
-    let hashes: Vec<Hashes> = match slot_of {
-        Some(slot_of) => slot_of.iter().map(|&slot| unique_hashes[slot]).collect(),
-        None => unique_hashes,
-    };
-    if !fresh.is_empty() {
+        let fresh = unique.iter().zip(&computed).map(|(&index, hashes)| {
+            let (_, entry) = entry_of(missed[index]);
+            (keys[index].clone(), StatKey::of(&entry.metadata), *hashes)
+        });
         cache.insert_many(fresh, started);
     }
-    Ok(hashes)
+    // back into the selections' shape
+    let mut per_unit = per_unit.into_iter();
+    Ok(selections
+        .iter()
+        .map(|selection| per_unit.by_ref().take(selection.segments().len()).collect())
+        .collect())
 }
 
 /// Reads and hashes one entry's content (or link target) and xattrs.
 fn hash_one(path: &std::path::Path, entry: &Entry, cache: &ChecksumCache) -> io::Result<Hashes> {
-    let file_type = entry.metadata.file_type();
+    let file_type = entry.metadata;
     let mut content = [0u8; 32];
     if file_type.is_file() {
         cache.count_read();
-        content = hash_file(path, entry.metadata.size())?;
+        content = hash_file(path, entry.metadata.len())?;
     } else if file_type.is_symlink() {
         cache.count_read();
         let target = std::fs::read_link(path)?;

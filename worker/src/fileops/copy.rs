@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -29,6 +29,7 @@ use super::mode::ModeSpec;
 use super::owner::{resolve_owner, Owner};
 use super::root::{base_name, clean_absolute, resolve_in_root};
 use super::select::{select_copy, Entry, Selection, SourceRoot};
+use super::stat::Stat;
 use super::unpack;
 use super::{FileOpError, FileOpOptions};
 
@@ -174,7 +175,7 @@ fn copy_selection(
     ensure: &str,
     options: &FileOpOptions,
 ) -> Result<(), FileOpError> {
-    let Some(root_entry) = selection.entries.first() else {
+    let Some(root_entry) = selection.first() else {
         return Ok(());
     };
     let parent_mode = ModeSpec::parent_directory_mode(context.mode.as_ref());
@@ -218,7 +219,7 @@ fn copy_selection(
     let mut jobs: Vec<FileJob<'_>> = Vec::new();
     let mut hardlink_leaders: HashMap<(u64, u64), usize> = HashMap::new();
     let mut hardlinks: Vec<(FileJob<'_>, usize)> = Vec::new();
-    for (index, entry) in selection.entries.iter().enumerate() {
+    for (index, entry) in selection.entries().enumerate() {
         let is_root = index == 0;
         let target = if is_root {
             destination.clone()
@@ -383,7 +384,7 @@ fn create_non_directory(
     clear_target(context, dest_root, job)?;
     let source_path = selection.entry_path(context.source, job.entry);
     let metadata = &job.entry.metadata;
-    let file_type = metadata.file_type();
+    let file_type = metadata;
     let shown_target = || shown(dest_root, &job.target);
     if file_type.is_file() {
         return copy_regular_file(context, &source_path, job.entry, &job.target)
@@ -414,7 +415,7 @@ fn create_non_directory(
 }
 
 /// The mode an entry gets: the source's, or the `--chmod` one.
-fn target_mode(context: &CopyContext<'_>, metadata: &std::fs::Metadata) -> u32 {
+fn target_mode(context: &CopyContext<'_>, metadata: &Stat) -> u32 {
     let source_mode = metadata.mode() & 0o7777;
     match &context.mode {
         Some(spec) => spec.apply(source_mode, metadata.is_dir()),
@@ -422,13 +423,13 @@ fn target_mode(context: &CopyContext<'_>, metadata: &std::fs::Metadata) -> u32 {
     }
 }
 
-fn target_owner(context: &CopyContext<'_>, metadata: &std::fs::Metadata) -> Owner {
+fn target_owner(context: &CopyContext<'_>, metadata: &Stat) -> Owner {
     context
         .owner
         .unwrap_or_else(|| context.source.effective_owner(metadata))
 }
 
-fn entry_times(context: &CopyContext<'_>, metadata: &std::fs::Metadata) -> (Timespec, Timespec) {
+fn entry_times(context: &CopyContext<'_>, metadata: &Stat) -> (Timespec, Timespec) {
     match context.time {
         Some(time) => (time, time),
         None => (
@@ -457,7 +458,7 @@ fn apply_metadata(
     target: &Path,
 ) -> io::Result<()> {
     lchown(target, target_owner(context, &entry.metadata))?;
-    if !entry.metadata.file_type().is_symlink() {
+    if !entry.metadata.is_symlink() {
         chmod(target, target_mode(context, &entry.metadata))?;
     }
     set_entry_times(context, entry, target)?;

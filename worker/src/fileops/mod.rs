@@ -18,6 +18,7 @@ mod ops;
 mod owner;
 pub(crate) mod root;
 pub(crate) mod select;
+pub(crate) mod stat;
 mod unpack;
 
 use std::fmt::Display;

@@ -5,17 +5,19 @@
 
 use std::ffi::OsString;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kiln_frontend::dag::op::CopyAction;
 use kiln_frontend::dockerignore::{DockerIgnore, MatchInfo, PatternMatcher};
 use rayon::prelude::*;
+use rustix::fs::{AtFlags, OFlags, RawDir, CWD};
 
 use super::owner::Owner;
 use super::root::{clean_absolute, clean_components, join_names, resolve_in_root};
+use super::stat::Stat;
 use super::FileOpError;
 
 /// A directory files are copied from, with the filters that decide which of its files exist.
@@ -102,7 +104,7 @@ impl SourceRoot {
     }
 
     /// The owner a file of this source is copied (and checksummed) with.
-    pub(crate) fn effective_owner(&self, metadata: &std::fs::Metadata) -> Owner {
+    pub(crate) fn effective_owner(&self, metadata: &Stat) -> Owner {
         self.owner_override.unwrap_or(Owner {
             uid: metadata.uid(),
             gid: metadata.gid(),
@@ -120,7 +122,7 @@ pub(crate) struct Entry {
     /// Relative to the match (empty for the match itself).
     pub rel: PathBuf,
     /// `lstat` of the file.
-    pub metadata: std::fs::Metadata,
+    pub metadata: Stat,
     /// False for a directory that is only there as the parent of selected entries (created,
     /// but not itself matched by the patterns).
     pub selected: bool,
@@ -135,11 +137,27 @@ pub(crate) struct Selection {
     /// The path inside the source root the files are read from (links followed as the copy
     /// follows them), relative to the root.
     pub resolved: PathBuf,
-    /// The match itself first, then its contents, parents before children, names sorted.
-    pub entries: Vec<Entry>,
+    /// The match itself first, then its contents, parents before children, names sorted: in
+    /// runs as the walk made them (one directory's entries each), never moved into one list.
+    segments: Vec<Vec<Entry>>,
 }
 
 impl Selection {
+    /// Every entry, in walk order.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> + '_ {
+        self.segments.iter().flatten()
+    }
+
+    /// The entries in runs (walk order when concatenated).
+    pub fn segments(&self) -> &[Vec<Entry>] {
+        &self.segments
+    }
+
+    /// The match itself.
+    pub fn first(&self) -> Option<&Entry> {
+        self.segments.first().and_then(|segment| segment.first())
+    }
+
     /// Absolute on-disk path of an entry.
     pub fn entry_path(&self, source: &SourceRoot, entry: &Entry) -> PathBuf {
         if entry.rel.as_os_str().is_empty() {
@@ -155,6 +173,21 @@ impl Selection {
             self.resolved.clone()
         } else {
             self.resolved.join(&entry.rel)
+        }
+    }
+
+    /// [`entry_root_relative`](Self::entry_root_relative) written into `out` (cleared first),
+    /// with no allocation once `out` is large enough.
+    pub fn write_root_relative(&self, entry: &Entry, out: &mut Vec<u8>) {
+        out.clear();
+        let resolved = self.resolved.as_os_str().as_bytes();
+        let rel = entry.rel.as_os_str().as_bytes();
+        out.extend_from_slice(resolved);
+        if !rel.is_empty() {
+            if !resolved.is_empty() && !resolved.ends_with(b"/") {
+                out.push(b'/');
+            }
+            out.extend_from_slice(rel);
         }
     }
 }
@@ -229,7 +262,7 @@ fn check_required_paths(selections: &[Selection], required: &[String]) -> Result
     for required_path in required {
         let required_clean = clean_absolute(required_path);
         let found = selections.iter().any(|selection| {
-            selection.entries.iter().any(|entry| {
+            selection.entries().any(|entry| {
                 let mut full = selection.source_path.clone();
                 if !entry.rel.as_os_str().is_empty() {
                     if !full.ends_with('/') {
@@ -303,7 +336,7 @@ fn select_path(
     let mut selection = Selection {
         source_path: source_path.to_string(),
         resolved,
-        entries: Vec::new(),
+        segments: Vec::new(),
     };
     if source.has_filters() && context_rel != "." {
         // The match itself must exist in the filtered view of the source.
@@ -317,27 +350,23 @@ fn select_path(
         }
     }
     let is_dir = metadata.is_dir();
-    selection.entries.push(Entry {
+    selection.segments.push(vec![Entry {
         rel: PathBuf::new(),
-        metadata,
+        metadata: Stat::from_metadata(&metadata),
         selected: true,
-    });
+    }]);
     if is_dir {
+        let directory = open_directory(CWD, &absolute, &absolute)?;
         let parent_info = FilterInfo::default();
-        let mut segments = Vec::new();
         walk(
             filters,
+            directory.as_fd(),
             &absolute,
             Path::new(""),
             &context_rel,
             &parent_info,
-            &mut segments,
+            &mut selection.segments,
         )?;
-        let total: usize = segments.iter().map(Vec::len).sum();
-        selection.entries.reserve(total);
-        for segment in segments {
-            selection.entries.extend(segment);
-        }
     }
     Ok(selection)
 }
@@ -362,16 +391,6 @@ fn join_relative(dir: &str, name: &str) -> String {
 
 /// The sorted names and types of a directory's entries.
 fn read_sorted(dir: &Path) -> Result<Vec<(OsString, std::fs::FileType)>, FileOpError> {
-    Ok(read_sorted_entries(dir)?
-        .into_iter()
-        .map(|(name, file_type, _)| (name, file_type))
-        .collect())
-}
-
-/// [`read_sorted`] with each entry kept, for an `lstat` relative to the directory.
-fn read_sorted_entries(
-    dir: &Path,
-) -> Result<Vec<(OsString, std::fs::FileType, std::fs::DirEntry)>, FileOpError> {
     let reader = std::fs::read_dir(dir)
         .map_err(|error| FileOpError::io("reading directory", dir.display(), error))?;
     let mut entries = Vec::new();
@@ -381,21 +400,101 @@ fn read_sorted_entries(
         let file_type = entry
             .file_type()
             .map_err(|error| FileOpError::io("reading directory", dir.display(), error))?;
-        entries.push((entry.file_name(), file_type, entry));
+        entries.push((entry.file_name(), file_type));
     }
     entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     Ok(entries)
 }
 
-/// Walks the directory `absolute` (the match's `rel_dir`), appending taken entries as
-/// segments (runs of entries, in order), so that a subtree's entries are moved once into the
-/// final list rather than once per level.
+/// Opens a directory of a walk (`name` inside `parent`; `shown` names it in errors). A
+/// directory replaced by a link since it was listed is not followed.
+fn open_directory(
+    parent: BorrowedFd<'_>,
+    name: impl rustix::path::Arg,
+    shown: &Path,
+) -> Result<OwnedFd, FileOpError> {
+    rustix::fs::openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|error| FileOpError::io("reading directory", shown.display(), error.into()))
+}
+
+/// A directory's entries: names (each with its NUL) in one buffer, sorted.
+struct Listing {
+    names: Vec<u8>,
+    /// (start of the name in `names`, its length without the NUL, type from the directory).
+    entries: Vec<(u32, u32, rustix::fs::FileType)>,
+}
+
+impl Listing {
+    fn read(directory: BorrowedFd<'_>, shown: &Path) -> Result<Listing, FileOpError> {
+        let failed = |error: rustix::io::Errno| {
+            FileOpError::io("reading directory", shown.display(), error.into())
+        };
+        let mut buffer: Vec<std::mem::MaybeUninit<u8>> = Vec::with_capacity(32 * 1024);
+        buffer.resize(32 * 1024, std::mem::MaybeUninit::uninit());
+        let mut raw = RawDir::new(directory, &mut buffer);
+        let mut listing = Listing {
+            names: Vec::new(),
+            entries: Vec::new(),
+        };
+        while let Some(entry) = raw.next() {
+            let entry = entry.map_err(failed)?;
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let (Ok(start), Ok(length)) = (
+                u32::try_from(listing.names.len()),
+                u32::try_from(name.len()),
+            ) else {
+                return Err(failed(rustix::io::Errno::OVERFLOW));
+            };
+            listing.names.extend_from_slice(name);
+            listing.names.push(0);
+            listing.entries.push((start, length, entry.file_type()));
+        }
+        let names = &listing.names;
+        listing.entries.sort_unstable_by(|a, b| {
+            names[a.0 as usize..(a.0 + a.1) as usize]
+                .cmp(&names[b.0 as usize..(b.0 + b.1) as usize])
+        });
+        Ok(listing)
+    }
+
+    /// The name of entry `index`, with and without its NUL.
+    fn name(&self, index: usize) -> (&std::ffi::CStr, &[u8]) {
+        let (start, length, _) = self.entries[index];
+        let with_nul = &self.names[start as usize..=(start + length) as usize];
+        // a name from getdents has no NUL inside, and one was pushed after it
+        let c_name = std::ffi::CStr::from_bytes_with_nul(with_nul).unwrap_or_default();
+        (c_name, &with_nul[..with_nul.len() - 1])
+    }
+}
+
+/// `lstat` of `name` inside `directory`.
+fn stat_at(directory: BorrowedFd<'_>, name: &std::ffi::CStr) -> Result<Stat, rustix::io::Errno> {
+    rustix::fs::statat(directory, name, AtFlags::SYMLINK_NOFOLLOW)
+        .map(|stat| Stat::from_rustix(&stat))
+}
+
+/// Walks the directory `directory` (at `absolute`, the match's `rel_dir`), appending taken
+/// entries as segments (runs of entries, in order), so that a subtree's entries are never
+/// moved again once listed.
 ///
-/// Each directory's entries are `lstat`ed relative to the directory's own descriptor (no path
-/// lookup from the root per file), and sibling subdirectories are walked in parallel on
-/// rayon's pool; the result keeps walk order (parents before children, names sorted).
+/// The directory is read with `getdents` into one buffer, each entry is `lstat`ed relative to
+/// the directory's descriptor (no path lookup from the root per file), subdirectories are
+/// opened relative to it too, and sibling subdirectories are walked in parallel on rayon's
+/// pool; the result keeps walk order (parents before children, names sorted). Below a
+/// directory whose filters are settled (every entry taken whatever its name: no filters, or
+/// an included directory with nothing re-excluded), no pattern runs and no path string is
+/// built for the patterns.
 fn walk(
     filters: &Filters<'_>,
+    directory: BorrowedFd<'_>,
     absolute: &Path,
     rel_dir: &Path,
     context_dir: &str,
@@ -403,59 +502,93 @@ fn walk(
     out: &mut Vec<Vec<Entry>>,
 ) -> Result<(), FileOpError> {
     struct Child {
-        name: OsString,
-        rel: PathBuf,
+        /// Index in the listing.
+        index: usize,
+        entry: Entry,
+        /// The child's own filter results (`None` when settled: the parent's hold).
+        decision: Option<Decision>,
         context_rel: String,
-        metadata: std::fs::Metadata,
-        decision: Decision,
     }
     impl Child {
         fn descends(&self) -> bool {
-            self.metadata.is_dir() && self.decision.descend
+            self.entry.metadata.is_dir() && self.decision.as_ref().is_none_or(|d| d.descend)
+        }
+        fn selected(&self) -> bool {
+            self.decision.as_ref().is_none_or(|d| d.selected)
         }
     }
-    let listed = read_sorted_entries(absolute)?;
-    // sized once: a child is a few hundred bytes, and growing moved them again and again
-    let mut children = Vec::with_capacity(listed.len());
-    for (name, file_type, dir_entry) in listed {
-        let name_text = name.to_string_lossy();
-        let context_rel = join_relative(context_dir, &name_text);
-        let rel = rel_dir.join(&name);
-        let is_dir = file_type.is_dir();
-        let decision = filters.decide(&context_rel, &rel.to_string_lossy(), parent, is_dir);
-        if !decision.selected && !(is_dir && decision.descend) {
-            continue;
-        }
-        // `lstat` through the directory's descriptor
-        let metadata = match dir_entry.metadata() {
-            Ok(metadata) => metadata,
-            // Removed while walking: it is not there.
-            Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
-            Err(error) => {
-                return Err(FileOpError::io(
-                    "reading",
-                    absolute.join(&name).display(),
-                    error,
-                ))
+    let listing = Listing::read(directory, absolute)?;
+    let settled = filters.settled_below(parent);
+    let mut children = Vec::with_capacity(listing.entries.len());
+    for index in 0..listing.entries.len() {
+        let (c_name, name) = listing.name(index);
+        let name = std::ffi::OsStr::from_bytes(name);
+        let listed_type = listing.entries[index].2;
+        // `None` when removed while walking: it is not there
+        let stat_child = || match stat_at(directory, c_name) {
+            Ok(stat) => Ok(Some(stat)),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(error) => Err(FileOpError::io(
+                "reading",
+                absolute.join(name).display(),
+                error.into(),
+            )),
+        };
+        let mut metadata = None;
+        let is_dir = match listed_type {
+            rustix::fs::FileType::Directory => true,
+            // a file system that does not say: ask lstat
+            rustix::fs::FileType::Unknown => {
+                let Some(stat) = stat_child()? else { continue };
+                metadata = Some(stat);
+                stat.is_dir()
             }
+            _ => false,
+        };
+        let mut rel = PathBuf::with_capacity(rel_dir.as_os_str().len() + 1 + name.len());
+        rel.push(rel_dir);
+        rel.push(name);
+        let (decision, context_rel) = if settled {
+            (None, String::new())
+        } else {
+            let context_rel = join_relative(context_dir, &name.to_string_lossy());
+            let decision = filters.decide(&context_rel, &rel.to_string_lossy(), parent, is_dir);
+            if !decision.selected && !(is_dir && decision.descend) {
+                continue;
+            }
+            (Some(decision), context_rel)
+        };
+        let metadata = match metadata {
+            Some(metadata) => metadata,
+            None => match stat_child()? {
+                Some(stat) => stat,
+                None => continue,
+            },
         };
         children.push(Child {
-            name,
-            rel,
-            context_rel,
-            metadata,
+            index,
+            entry: Entry {
+                rel,
+                metadata,
+                selected: true,
+            },
             decision,
+            context_rel,
         });
     }
     let walk_child = |child: &Child| -> Result<Vec<Vec<Entry>>, FileOpError> {
         let mut below = Vec::new();
         if child.descends() {
+            let (c_name, name) = listing.name(child.index);
+            let child_absolute = absolute.join(std::ffi::OsStr::from_bytes(name));
+            let child_directory = open_directory(directory, c_name, &child_absolute)?;
             walk(
                 filters,
-                &absolute.join(&child.name),
-                &child.rel,
+                child_directory.as_fd(),
+                &child_absolute,
+                &child.entry.rel,
                 &child.context_rel,
-                &child.decision.info,
+                child.decision.as_ref().map_or(parent, |d| &d.info),
                 &mut below,
             )?;
         }
@@ -470,26 +603,21 @@ fn walk(
     let mut current: Vec<Entry> = Vec::with_capacity(children.len());
     for (child, below) in children.into_iter().zip(subtrees) {
         let below = below?;
-        if child.metadata.is_dir() {
+        let selected = child.selected();
+        let mut entry = child.entry;
+        entry.selected = selected;
+        if entry.metadata.is_dir() {
             // a directory only there for its contents, with nothing taken below, is not taken
-            if !child.decision.selected && below.iter().all(Vec::is_empty) {
+            if !selected && below.iter().all(Vec::is_empty) {
                 continue;
             }
-            current.push(Entry {
-                rel: child.rel,
-                metadata: child.metadata,
-                selected: child.decision.selected,
-            });
+            current.push(entry);
             if !below.is_empty() {
                 out.push(std::mem::take(&mut current));
                 out.extend(below);
             }
-        } else if child.decision.selected {
-            current.push(Entry {
-                rel: child.rel,
-                metadata: child.metadata,
-                selected: true,
-            });
+        } else if selected {
+            current.push(entry);
         }
     }
     if !current.is_empty() {
@@ -592,6 +720,21 @@ impl Filters<'_> {
             |info| &mut info.copy_exclude,
         );
         decision
+    }
+
+    /// Whether everything below a directory with filter results `parent` is taken, whatever
+    /// its name (the results of everything below are then `parent`'s).
+    fn settled_below(&self, parent: &FilterInfo) -> bool {
+        let include = |matcher: Option<&PatternMatcher>, info: &MatchInfo| {
+            matcher.is_none_or(|matcher| matcher.settled_below(info) == Some(true))
+        };
+        let exclude = |matcher: Option<&PatternMatcher>, info: &MatchInfo| {
+            matcher.is_none_or(|matcher| matcher.settled_below(info) == Some(false))
+        };
+        include(self.context_include, &parent.context_include)
+            && exclude(self.context_exclude, &parent.context_exclude)
+            && include(self.copy_include, &parent.copy_include)
+            && exclude(self.copy_exclude, &parent.copy_exclude)
     }
 
     /// The source's own filters only (is this path in the filtered view of the source).

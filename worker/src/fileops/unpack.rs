@@ -104,7 +104,7 @@ pub(crate) fn try_unpack(
     owner: Option<Owner>,
     time: Option<Timespec>,
 ) -> Result<bool, FileOpError> {
-    let Some(entry) = selection.entries.first() else {
+    let Some(entry) = selection.first() else {
         return Ok(false);
     };
     if !entry.metadata.is_file() {
