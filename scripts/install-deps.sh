@@ -11,7 +11,7 @@ packages=(
   zstd
   gcc              # C compiler for the SQLite that rusqlite bundles (kiln-snapshotter metadata)
   libssl-dev       # OpenSSL's sha256 (kiln-types: every digest, layers' diffIDs)
-  pkg-config       # finds libssl for the openssl-sys crate
+  pkg-config       # finds libcrypto for kiln-types' build script (types/build.rs)
   python3          # reads xattrs in the image end-to-end tests (cli/tests/image_pull.rs)
 )
 
