@@ -74,6 +74,11 @@ impl ExplainLog {
         let Ok(bytes) = serde_json::to_vec(&merged) else {
             return;
         };
+        // a rebuild that changed nothing leaves the file as it is (a rename over it makes ext4
+        // start writing the new file back at once)
+        if std::fs::read(&path).is_ok_and(|saved| saved == bytes) {
+            return;
+        }
         let temporary = path.with_extension("json.tmp");
         if std::fs::write(&temporary, bytes).is_ok() {
             let _ = std::fs::rename(&temporary, &path);
