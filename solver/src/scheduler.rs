@@ -236,6 +236,8 @@ impl<W: Worker> Solver<W> {
         let result = state.value(target).await;
         if result.is_ok() {
             state.report_skipped_as_cached();
+        } else {
+            state.wait_for_everything_started().await;
         }
         let first = state
             .first_error
@@ -324,6 +326,35 @@ impl<W: Worker> State<W> {
         for vertex in skipped {
             self.events
                 .send(vertex, &self.graph.vertex(vertex).name, EventKind::Cached);
+        }
+    }
+
+    /// After a failure (which canceled the rest): waits until every task the solve started
+    /// has ended, so that no step outlives the solve (its sandbox killed, its mounts undone,
+    /// its last event sent). Tasks started meanwhile are waited for too.
+    async fn wait_for_everything_started(&self) {
+        let mut waited = 0;
+        loop {
+            let pending: Vec<BoxFuture<'static, ()>> = {
+                let keys = lock(&self.keys);
+                let values = lock(&self.values);
+                let in_flight = lock(&self.in_flight);
+                let total = keys.len() + values.len() + in_flight.len();
+                if total == waited {
+                    return;
+                }
+                waited = total;
+                keys.values()
+                    .map(|task| task.clone().map(|_| ()).boxed())
+                    .chain(values.values().map(|task| task.clone().map(|_| ()).boxed()))
+                    .chain(
+                        in_flight
+                            .values()
+                            .map(|task| task.clone().map(|_| ()).boxed()),
+                    )
+                    .collect()
+            };
+            futures::future::join_all(pending).await;
         }
     }
 
