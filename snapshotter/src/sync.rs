@@ -8,7 +8,8 @@
 //! store's filesystem (after gathering further commits for [`GATHER`]); once that returned,
 //! the entries listed before it began are removed. The sync so runs beside the next steps
 //! and the layer export. A process that ends first leaves its entries to a later sync of
-//! the same boot; the process's exit waits only for a `syncfs` already under way.
+//! the same boot; its exit never waits for a `syncfs` either, which a child process makes
+//! ([`syncfs_in_child`]).
 //!
 //! A record is only ever durable with its entry (same transaction), so after a machine crash
 //! every snapshot whose files may be torn still has an entry of another boot: recovery
@@ -155,16 +156,46 @@ impl StoreInner {
             return Ok(());
         }
         let snapshots = &self.layout.snapshots;
-        let directory =
-            File::open(snapshots).map_err(|error| StoreError::io("open", snapshots, error))?;
-        rustix::fs::syncfs(&directory)
-            .map_err(|error| StoreError::io("syncfs", snapshots, error.into()))?;
+        syncfs_in_child(snapshots).map_err(|error| StoreError::io("syncfs", snapshots, error))?;
         self.metadata.write_volatile(|txn| {
             for id in &covered {
                 txn.remove(Table::UnsyncedSnapshots, id)?;
             }
             Ok(())
         })
+    }
+}
+
+/// `syncfs` of the filesystem holding `path`, made by a child process (coreutils' `sync
+/// --file-system`) that this thread waits for. A process's exit waits for every syscall its
+/// own threads are in, and `syncfs` flushes the whole filesystem, other programs' dirty data
+/// included: a build that ended while one ran waited for it, seconds after another engine
+/// wrote gigabytes. A child's sync does not hold the exit; its entries are then left to a
+/// later sync of the same boot. Without `sync`, the thread makes the call itself.
+fn syncfs_in_child(path: &std::path::Path) -> std::io::Result<()> {
+    use std::process::{Command, Stdio};
+    let child = Command::new("sync")
+        .arg("--file-system")
+        .arg(path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    match child {
+        Ok(mut child) => {
+            let status = child.wait()?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other(format!(
+                    "sync --file-system: {status}"
+                )))
+            }
+        }
+        Err(_) => {
+            let directory = File::open(path)?;
+            rustix::fs::syncfs(&directory).map_err(std::io::Error::from)
+        }
     }
 }
 
