@@ -6,6 +6,9 @@
 #
 #   bench/pull.sh [ROUNDS]          (default 5)
 #
+# KILN: the kiln binary to measure (as the other bench scripts take it); without it, a
+# release build of this checkout in $CARGO_TARGET_DIR (default target/) is made and used.
+#
 # Needs the lab (registry on 127.0.0.1:5000 and dockerd 20.10): /work/shared/tools/lab-up.
 # The image is built once with the workload's Dockerfile (docker build) and pushed to the
 # lab registry if it is not there yet. Both pull the same bytes from the same registry; the
@@ -19,7 +22,7 @@ image=$registry/big-layer:latest
 workload=/work/shared/bench-workloads/big-layer
 here=$(cd "$(dirname "$0")/.." && pwd)
 target=${CARGO_TARGET_DIR:-$here/target}
-kiln=$target/release/kiln
+kiln=${KILN:-$target/release/kiln}
 docker=/usr/bin/docker
 [[ -x $docker ]] || docker=$(command -v docker)
 
@@ -27,8 +30,11 @@ if ! curl -fsS "http://$registry/v2/" >/dev/null 2>&1; then
   /work/shared/tools/lab-up
 fi
 
-echo "building kiln (release)..." >&2
-(cd "$here" && CARGO_TARGET_DIR=$target cargo build --release -q -p kiln)
+if [[ -z ${KILN:-} ]]; then
+  echo "building kiln (release)..." >&2
+  (cd "$here" && CARGO_TARGET_DIR=$target cargo build --release -q -p kiln)
+fi
+[[ -x $kiln ]] || { echo "bench/pull.sh: no kiln binary at $kiln" >&2; exit 1; }
 
 if ! curl -fsS -o /dev/null "http://$registry/v2/big-layer/manifests/latest"; then
   echo "building and pushing $image..." >&2
