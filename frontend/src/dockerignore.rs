@@ -549,19 +549,30 @@ impl PatternMatcher {
     }
 
     /// The result every path below a directory gets, when its [`MatchInfo`] (`parent`, from
-    /// [`matches_with_parent`](Self::matches_with_parent)) already decides it: every pattern
-    /// matched the directory, so every pattern matches whatever is below it. `None` when the
-    /// names below still matter. The info of everything below is `parent` itself.
+    /// [`matches_with_parent`](Self::matches_with_parent)) already decides it; `None` when the
+    /// names below still matter. The last pattern that matched the directory matches
+    /// everything below it; when every pattern after it is of the same kind (all `!` or none),
+    /// whichever of them matches a path below gives the same answer. With no pattern matching
+    /// the directory, only a list of `!` patterns decides (nothing below matches). The info
+    /// of everything below may be taken as `parent` itself.
     pub fn settled_below(&self, parent: &MatchInfo) -> Option<bool> {
-        let known = parent.parent_matched.len() == self.patterns.len();
-        if !known || self.patterns.is_empty() || !parent.parent_matched.iter().all(|m| *m) {
+        if parent.parent_matched.len() != self.patterns.len() || self.patterns.is_empty() {
             return None;
         }
-        Some(
-            self.patterns
-                .last()
-                .is_some_and(|pattern| !pattern.exclusion),
-        )
+        match parent.parent_matched.iter().rposition(|matched| *matched) {
+            Some(last) => {
+                let exclusion = self.patterns[last].exclusion;
+                self.patterns[last + 1..]
+                    .iter()
+                    .all(|pattern| pattern.exclusion == exclusion)
+                    .then_some(!exclusion)
+            }
+            None => self
+                .patterns
+                .iter()
+                .all(|pattern| pattern.exclusion)
+                .then_some(false),
+        }
     }
 
     /// Whether a walker may skip directory `dir` entirely because it is matched and no `!`
@@ -745,6 +756,10 @@ mod tests {
             &["app/**", "!app/x/*.txt"],
             &["*", "!b"],
             &["a/b"],
+            &["app", "b", "x/*.md"],
+            &["app", "!app/x", "app/x/keep"],
+            &["!app", "!b"],
+            &["*.txt", "app", "!app/keep"],
         ];
         for patterns in cases {
             let matcher = PatternMatcher::new(patterns.iter().copied()).expect("patterns");
@@ -761,7 +776,7 @@ mod tests {
                 let Some(settled) = matcher.settled_below(&info) else {
                     continue;
                 };
-                for below in ["f", "x/y.txt", "keep", "deep/er/file"] {
+                for below in ["f", "x/y.txt", "x/keep", "keep", "deep/er/file", "x/a.md"] {
                     let path = format!("{dir}/{below}");
                     assert_eq!(
                         matcher.matches(&path),

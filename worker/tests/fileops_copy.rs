@@ -507,6 +507,39 @@ fn include_patterns_keep_parents() {
 }
 
 #[test]
+fn include_patterns_take_whole_matched_directories() {
+    // below `a` every include pattern's answer is known (the walk runs no pattern there);
+    // below `x` the names still matter
+    let context = "
+        f a/b/c.txt 644 C
+        f a/b/deep/d.md 644 D
+        f a/e 644 E
+        f x/y.md 644 Y
+        f x/z.txt 644 Z
+        f x/sub/w.md 644 W
+        f top 644 T
+    ";
+    check(
+        context,
+        "",
+        &[copy_with("/", "/out/", |a| {
+            a.include_patterns = vec!["a".into(), "x/*.md".into()];
+        })],
+        "
+        /out d755 0:0
+        /out/a d755 0:0
+        /out/a/b d755 0:0
+        /out/a/b/c.txt f644 0:0 C
+        /out/a/b/deep d755 0:0
+        /out/a/b/deep/d.md f644 0:0 D
+        /out/a/e f644 0:0 E
+        /out/x d755 0:0
+        /out/x/y.md f644 0:0 Y
+        ",
+    );
+}
+
+#[test]
 fn exclude_patterns_skip_paths() {
     check(
         CONTEXT,
