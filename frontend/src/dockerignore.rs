@@ -123,9 +123,16 @@ impl Pattern {
                     || suffix.strip_prefix('/').is_some_and(|rest| path == rest)
             }
             PatternKind::Glob(tokens) => {
+                // The literals a glob starts and ends with can only match the path's first and
+                // last characters: most paths fail there, before any state is stepped.
+                if !leading_literals_match(tokens.iter(), path.chars())
+                    || !leading_literals_match(tokens.iter().rev(), path.chars().rev())
+                {
+                    return false;
+                }
                 let mut states = StateSet::start(tokens);
                 for character in path.chars() {
-                    states = states.step(tokens, character);
+                    states.step(tokens, character);
                     if states.is_empty() {
                         return false;
                     }
@@ -145,7 +152,7 @@ impl Pattern {
                 if character == '/' && index > 0 && states.accepts(tokens) {
                     return true;
                 }
-                states = states.step(tokens, character);
+                states.step(tokens, character);
                 if states.is_empty() {
                     return false;
                 }
@@ -177,7 +184,7 @@ impl Pattern {
             PatternKind::Glob(tokens) => {
                 let mut states = StateSet::start(tokens);
                 for character in dir_slash.chars() {
-                    states = states.step(tokens, character);
+                    states.step(tokens, character);
                     if states.is_empty() {
                         return false;
                     }
@@ -340,11 +347,32 @@ fn class_character(characters: &[char], mut index: usize) -> Result<(char, usize
     Ok((character, index))
 }
 
+/// Whether the literal tokens `tokens` starts with are the first characters of `characters`
+/// (no literal, or all of them matching: the rest is the glob's to decide).
+fn leading_literals_match<'t>(
+    tokens: impl Iterator<Item = &'t Token>,
+    mut characters: impl Iterator<Item = char>,
+) -> bool {
+    for token in tokens {
+        let Token::Literal(literal) = token else {
+            return true;
+        };
+        if characters.next() != Some(*literal) {
+            return false;
+        }
+    }
+    true
+}
+
 /// The set of live positions of a glob while matching, two per token: at the token, and inside
-/// a `**` that has started consuming a directory run.
+/// a `**` that has started consuming a directory run. Stepping writes the next set into spare
+/// buffers and swaps them: no allocation per character (a `.dockerignore` with globs runs
+/// these for every file of the context).
 struct StateSet {
     at: Vec<bool>,
     inside: Vec<bool>,
+    next_at: Vec<bool>,
+    next_inside: Vec<bool>,
 }
 
 impl StateSet {
@@ -352,6 +380,8 @@ impl StateSet {
         let mut set = StateSet {
             at: vec![false; tokens.len() + 1],
             inside: vec![false; tokens.len() + 1],
+            next_at: vec![false; tokens.len() + 1],
+            next_inside: vec![false; tokens.len() + 1],
         };
         set.at[0] = true;
         set.close(tokens);
@@ -367,16 +397,16 @@ impl StateSet {
         }
     }
 
-    fn step(&self, tokens: &[Token], character: char) -> StateSet {
-        let mut next = StateSet {
-            at: vec![false; tokens.len() + 1],
-            inside: vec![false; tokens.len() + 1],
-        };
+    /// Consumes one character.
+    fn step(&mut self, tokens: &[Token], character: char) {
+        self.next_at.fill(false);
+        self.next_inside.fill(false);
+        let (next_at, next_inside) = (&mut self.next_at, &mut self.next_inside);
         for (index, token) in tokens.iter().enumerate() {
             if self.inside[index] {
-                next.inside[index] = true;
+                next_inside[index] = true;
                 if character == '/' {
-                    next.at[index + 1] = true;
+                    next_at[index + 1] = true;
                 }
             }
             if !self.at[index] {
@@ -385,12 +415,12 @@ impl StateSet {
             match token {
                 Token::Literal(literal) => {
                     if *literal == character {
-                        next.at[index + 1] = true;
+                        next_at[index + 1] = true;
                     }
                 }
                 Token::AnyChar => {
                     if character != '/' {
-                        next.at[index + 1] = true;
+                        next_at[index + 1] = true;
                     }
                 }
                 Token::Class { negated, ranges } => {
@@ -398,25 +428,26 @@ impl StateSet {
                         .iter()
                         .any(|&(low, high)| low <= character && character <= high);
                     if within != *negated {
-                        next.at[index + 1] = true;
+                        next_at[index + 1] = true;
                     }
                 }
                 Token::Star => {
                     if character != '/' {
-                        next.at[index] = true;
+                        next_at[index] = true;
                     }
                 }
-                Token::AnyRest => next.at[index] = true,
+                Token::AnyRest => next_at[index] = true,
                 Token::AnyDirs => {
-                    next.inside[index] = true;
+                    next_inside[index] = true;
                     if character == '/' {
-                        next.at[index + 1] = true;
+                        next_at[index + 1] = true;
                     }
                 }
             }
         }
-        next.close(tokens);
-        next
+        std::mem::swap(&mut self.at, &mut self.next_at);
+        std::mem::swap(&mut self.inside, &mut self.next_inside);
+        self.close(tokens);
     }
 
     fn is_empty(&self) -> bool {
@@ -747,6 +778,36 @@ fn is_clean(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn globs_with_literal_ends() {
+        for (pattern, path, expected) in [
+            ("a*/b", "a/b", true),
+            ("a*/b", "ab/b", true),
+            ("a*/b", "b/b", false),
+            ("a*/b", "a/bc", false),
+            ("**/*.go", "x.go", true),
+            ("**/*.go", "a/b/x.go", true),
+            ("**/*.go", "a/b/x.gox", false),
+            ("*.go", "a.go", true),
+            ("*.go", "d/a.go", false),
+            ("é?x", "éax", true),
+            ("é?x", "eax", false),
+            ("[ab]c", "ac", true),
+            ("x[ab]", "xb", true),
+            ("x[ab]", "xc", false),
+            ("ab*ab", "ab", false),
+            ("ab*ab", "abab", true),
+            ("ab*ab", "abxab", true),
+        ] {
+            let compiled = Pattern::new(pattern).expect("pattern");
+            assert_eq!(
+                compiled.matches_exactly(path),
+                expected,
+                "{pattern} on {path}"
+            );
+        }
+    }
 
     #[test]
     fn settled_below_agrees_with_the_walk() {
