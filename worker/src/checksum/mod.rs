@@ -109,9 +109,10 @@ pub fn checksum_copy_sources_listed<'a>(
             let Some(segment_hashes) = selection_hashes.next() else {
                 break;
             };
-            let entries = selection.segments().iter().flatten();
-            for (entry_index, (entry, entry_hashes)) in
-                entries.zip(segment_hashes.iter().flatten()).enumerate()
+            for (entry_index, (entry, entry_hashes)) in selection
+                .entries()
+                .zip(segment_hashes.iter().flatten())
+                .enumerate()
             {
                 // The metadata of a directory whose contents only are copied is not copied.
                 if entry_index == 0 && *contents_only && entry.metadata.is_dir() {
@@ -185,8 +186,7 @@ pub fn checksum_path(
     let selection = select_path_only(source, path, follow_symlinks)?;
     let hashes = hash_entries(source, &[&selection], cache)?;
     let mut stream = RecordStream::new(b"kiln path v2\0");
-    let entries = selection.segments().iter().flatten();
-    for (entry, entry_hashes) in entries.zip(hashes.iter().flatten().flatten()) {
+    for (entry, entry_hashes) in selection.entries().zip(hashes.iter().flatten().flatten()) {
         put_entry(&mut stream.buffer, source, entry, entry_hashes);
         stream.flush_if_full();
     }
