@@ -6,7 +6,7 @@
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -169,11 +169,9 @@ impl Selection {
 
     /// Path of an entry relative to the source root (the checksum cache's key).
     pub fn entry_root_relative(&self, entry: &Entry) -> PathBuf {
-        if entry.rel.as_os_str().is_empty() {
-            self.resolved.clone()
-        } else {
-            self.resolved.join(&entry.rel)
-        }
+        let mut path = Vec::new();
+        self.write_root_relative(entry, &mut path);
+        PathBuf::from(std::ffi::OsString::from_vec(path))
     }
 
     /// [`entry_root_relative`](Self::entry_root_relative) written into `out` (cleared first),
@@ -389,20 +387,25 @@ fn join_relative(dir: &str, name: &str) -> String {
     }
 }
 
-/// The sorted names and types of a directory's entries.
-fn read_sorted(dir: &Path) -> Result<Vec<(OsString, std::fs::FileType)>, FileOpError> {
-    let reader = std::fs::read_dir(dir)
+/// The sorted names of a directory's entries, each with whether it is a directory (links
+/// are not followed; the directory itself is opened by path).
+fn read_sorted(dir: &Path) -> Result<Vec<(OsString, bool)>, FileOpError> {
+    let directory = std::fs::File::open(dir)
         .map_err(|error| FileOpError::io("reading directory", dir.display(), error))?;
-    let mut entries = Vec::new();
-    for entry in reader {
-        let entry =
-            entry.map_err(|error| FileOpError::io("reading directory", dir.display(), error))?;
-        let file_type = entry
-            .file_type()
-            .map_err(|error| FileOpError::io("reading directory", dir.display(), error))?;
-        entries.push((entry.file_name(), file_type));
+    let listing = Listing::read(directory.as_fd(), dir)?;
+    let mut entries = Vec::with_capacity(listing.entries.len());
+    for index in 0..listing.entries.len() {
+        let (c_name, name) = listing.name(index);
+        let is_dir = match listing.entries[index].2 {
+            rustix::fs::FileType::Directory => true,
+            // a file system that does not say: ask lstat (gone since listed: not a directory)
+            rustix::fs::FileType::Unknown => {
+                stat_at(directory.as_fd(), c_name).is_ok_and(|stat| stat.is_dir())
+            }
+            _ => false,
+        };
+        entries.push((std::ffi::OsStr::from_bytes(name).to_os_string(), is_dir));
     }
-    entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     Ok(entries)
 }
 
@@ -633,13 +636,13 @@ fn has_visible_descendant(
     absolute: &Path,
     context_dir: &str,
 ) -> Result<bool, FileOpError> {
-    for (name, file_type) in read_sorted(absolute)? {
+    for (name, is_dir) in read_sorted(absolute)? {
         let context_rel = join_relative(context_dir, &name.to_string_lossy());
-        let decision = filters.decide_context(&context_rel, file_type.is_dir());
+        let decision = filters.decide_context(&context_rel, is_dir);
         if decision.selected {
             return Ok(true);
         }
-        if file_type.is_dir()
+        if is_dir
             && decision.descend
             && has_visible_descendant(filters, &absolute.join(&name), &context_rel)?
         {
@@ -879,14 +882,13 @@ fn match_level(
     let Some((pattern, rest)) = patterns.split_first() else {
         return Ok(());
     };
-    for (name, file_type) in read_sorted(absolute)? {
+    for (name, is_dir) in read_sorted(absolute)? {
         let name_text = name.to_string_lossy();
         if !glob_match(pattern, &name_text) {
             continue;
         }
         let child_rel = rel.join(&name);
         let context_rel = child_rel.to_string_lossy().into_owned();
-        let is_dir = file_type.is_dir();
         if source.has_filters() {
             let decision = filters.decide_context(&context_rel, is_dir);
             let visible = decision.selected
